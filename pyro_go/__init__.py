@@ -1,0 +1,12 @@
+"""pyro-go: GO gradients (Cong et al., ICLR 2019) for Pyro.
+
+Swap :class:`pyro.infer.Trace_ELBO` for :class:`TraceGO_ELBO` to get unbiased,
+low-variance gradients through discrete and non-reparameterisable latent variables.
+"""
+
+from pyro_go.distributions import get_go_rule, register_go_rule
+from pyro_go.infer import TraceGO_ELBO
+
+__version__ = "0.1.0"
+
+__all__ = ["TraceGO_ELBO", "get_go_rule", "register_go_rule", "__version__"]

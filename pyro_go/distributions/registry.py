@@ -1,0 +1,119 @@
+"""The registry that maps distribution classes to GO rules, and its lookup.
+
+Users extend it for their own distribution classes::
+
+    from pyro_go import register_go_rule
+    from pyro_go.distributions.rules import VariableNablaRule
+
+    class MyCountRule(VariableNablaRule):
+        parameter_names = ("rate",)
+
+        def variable_nabla(self, fn, value):
+            return {"rate": ...}  # −∂Q(value)/∂rate / q(value)
+
+    register_go_rule(MyCountDistribution, MyCountRule())
+
+Lookup walks the method resolution order of the *base* distribution (wrappers such as
+``Independent``, ``.expand()``, ``.mask()`` and ``.to_event()`` are seen through), so a
+rule registered for a torch class also serves its Pyro subclass.  Classes without a
+registered rule get a generic one when they qualify: pathwise ``rsample``
+(:class:`~pyro_go.distributions.rules.Reparameterized`), a support on ``{0, 1, 2, ...}``
+(:class:`~pyro_go.distributions.rules.GenericCountRule`), or a univariate continuous
+family with a ``cdf`` (:class:`~pyro_go.distributions.rules.CDFSurrogate`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.distributions as tdist
+from pyro.distributions import GammaPoisson
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+
+from pyro_go.distributions import rules
+
+CategoricalForm = Literal["local", "raw"]
+
+_REGISTRY: dict[type, rules.GORule] = {}
+
+
+def register_go_rule(dist_class: type, rule: rules.GORule) -> rules.GORule:
+    """Register ``rule`` for ``dist_class`` and its subclasses; returns the rule.
+
+    A rule registered later for a subclass takes precedence over its parent's.
+    """
+    if not (isinstance(dist_class, type) and issubclass(dist_class, tdist.Distribution)):
+        raise TypeError(f"expected a torch.distributions.Distribution subclass, got {dist_class!r}")
+    if not isinstance(rule, rules.GORule):
+        raise TypeError(f"expected a pyro_go GORule instance, got {rule!r}")
+    _REGISTRY[dist_class] = rule
+    return rule
+
+
+def unwrap_distribution(fn: tdist.Distribution) -> tdist.Distribution:
+    """Strip ``Independent``, ``ExpandedDistribution`` and ``MaskedDistribution``
+    wrappers, which do not change the law of one element."""
+    while isinstance(fn, (tdist.Independent, ExpandedDistribution, MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def _has_cdf(fn: tdist.Distribution) -> bool:
+    return type(fn).cdf is not tdist.Distribution.cdf
+
+
+def _raw_form(rule: rules.GORule) -> rules.GORule:
+    if isinstance(rule, rules.OneHotCategoricalLocal):
+        return rules.ONE_HOT_CATEGORICAL_RAW
+    if isinstance(rule, rules.CategoricalLocal):
+        return rules.CATEGORICAL_RAW
+    return rule
+
+
+def get_go_rule(
+    fn: tdist.Distribution, categorical_form: CategoricalForm = "local"
+) -> rules.GORule | None:
+    """The GO rule for a (possibly wrapped) distribution, or ``None`` if it has none.
+
+    :param categorical_form: ``"local"`` (default) analytically sums out each element of
+        a finite support (lower variance, ``K − 1`` evaluations of ``f`` per element);
+        ``"raw"`` uses Theorem 1 directly (one evaluation per element).
+    """
+    if categorical_form not in ("local", "raw"):
+        raise ValueError(f"categorical_form must be 'local' or 'raw', got {categorical_form!r}")
+    base = unwrap_distribution(fn)
+    for cls in type(base).__mro__:
+        rule = _REGISTRY.get(cls)
+        if rule is not None:
+            return _raw_form(rule) if categorical_form == "raw" else rule
+    if base.has_rsample:
+        return REPARAMETERIZED
+    support = base.support
+    if support.is_discrete:
+        if base.event_shape == () and rules.is_count_support(support):
+            return GENERIC_COUNT
+        return None
+    if base.event_shape == () and _has_cdf(base):
+        return CDF_SURROGATE
+    return None
+
+
+REPARAMETERIZED = rules.Reparameterized()
+CDF_SURROGATE = rules.CDFSurrogate()
+GENERIC_COUNT = rules.GenericCountRule()
+
+register_go_rule(tdist.Bernoulli, rules.BernoulliLocal())
+register_go_rule(tdist.Categorical, rules.CategoricalLocal())
+register_go_rule(tdist.OneHotCategorical, rules.OneHotCategoricalLocal())
+register_go_rule(tdist.Poisson, rules.PoissonRule())
+register_go_rule(tdist.Geometric, rules.GeometricRule())
+register_go_rule(tdist.Binomial, rules.BinomialRule())
+register_go_rule(tdist.NegativeBinomial, rules.NegativeBinomialRule())
+register_go_rule(GammaPoisson, rules.GammaPoissonRule())
+
+__all__ = [
+    "CategoricalForm",
+    "get_go_rule",
+    "register_go_rule",
+    "unwrap_distribution",
+]

@@ -1,0 +1,387 @@
+"""GO gradient rules: how each family of distributions passes a GO gradient.
+
+A *rule* knows, for one family, everything the GO estimator needs (Cong et al. 2019,
+Theorem 1, eq. 9):
+
+* continuous families either have a pathwise ``rsample`` already (:class:`Reparameterized`:
+  the implicit/pathwise gradient *is* the GO gradient of a continuous variable) or get
+  a CDF surrogate sample whose gradient is the variable-nabla ``-∇Q/q``
+  (:class:`CDFSurrogate`);
+* discrete families (:class:`DiscreteRule`) name the *alternative* values of one element
+  that the estimator must evaluate ``f`` at (``y+1``, or the other states of a finite
+  support), and turn the measured differences ``Δ = f(alternative) − f(y)`` into a
+  surrogate whose gradient is the GO estimate.
+
+Rules act on the *base* distribution, with ``Independent``/``expand``/masking wrappers
+already stripped (see :mod:`pyro_go.distributions.registry`); the value passed in has
+the base's batch and event shape (or broadcasts to it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import constraints
+
+from pyro_go.ops.special import count_grid, head_weights, negative_binomial_total_count_nabla
+
+
+def _stop(x: torch.Tensor) -> torch.Tensor:
+    return x.detach()
+
+
+class GORule:
+    """Base class of all rules.  ``kind`` is ``"reparameterized"``, ``"cdf"`` or
+    ``"discrete"``."""
+
+    kind: str = ""
+
+    def __repr__(self) -> str:
+        return type(self).__name__ + "()"
+
+
+class Reparameterized(GORule):
+    """Continuous families with ``rsample``: torch's pathwise / implicit gradients
+    (Gamma, Beta, Dirichlet via implicit reparameterisation) already equal the GO
+    gradient of a continuous variable (Cong et al. 2019, section 3 and appendix A.1)."""
+
+    kind = "reparameterized"
+
+
+class CDFSurrogate(GORule):
+    """Univariate continuous families with a differentiable ``cdf`` but no ``rsample``.
+
+    Returns ``ỹ = y − (F_η(y) − stop F_η(y)) / stop p_η(y)``: value ``y``, gradient the
+    variable-nabla ``g_η(y) = −∇_η F_η(y) / p_η(y)`` (Theorem 1, continuous case).
+    Downstream, autograd supplies ``D_y f = ∇_y f``.
+    """
+
+    kind = "cdf"
+
+    def surrogate_sample(self, fn, value: torch.Tensor) -> torch.Tensor:
+        value = _stop(value)
+        cdf = fn.cdf(value)
+        density = fn.log_prob(value).exp()
+        return value - (cdf - _stop(cdf)) / _stop(density)
+
+
+class DiscreteRule(GORule):
+    """A discrete family.  Subclasses implement :meth:`alternatives` and
+    :meth:`surrogate`.
+
+    ``atom_dim`` is the number of trailing value dims that form one random element
+    (1 for one-hot encodings, 0 otherwise).
+    """
+
+    kind = "discrete"
+    atom_dim = 0
+
+    def num_alternatives(self, fn) -> int:
+        """How many alternative values per element the estimator evaluates."""
+        return 1
+
+    def alternatives(self, fn, value: torch.Tensor) -> torch.Tensor:
+        """Alternative values, shape ``[A, *value.shape]``.  Entry ``[a, i]`` is the
+        value element ``i`` takes in perturbation ``a`` (a no-op where it equals ``y``)."""
+        raise NotImplementedError
+
+    def surrogate(self, fn, value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """A tensor whose ``.sum()`` has gradient (w.r.t. ``fn``'s parameters) equal to
+        the GO estimate, given ``delta[a, i] = f(y with element i set to alternative a)
+        − f(y)`` (shape ``[A, *element_shape]``, no gradient)."""
+        raise NotImplementedError
+
+    def variable_nabla(self, fn, value: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Variable-nabla ``g_η(y) = −∂_η Q(y) / q(y)`` for each named parameter η."""
+        raise NotImplementedError
+
+
+class VariableNablaRule(DiscreteRule):
+    """Raw GO form on ``{0, 1, 2, ...}``: alternative ``y + 1``, surrogate
+    ``Σ_η stop(g_η · Δ) · η`` (Theorem 1 with ``D_y f = f(y+1) − f(y)``; Algorithm 1's
+    gradient-changing trick).  At the top of a finite support ``Q(y) = 1`` and the term
+    vanishes, so no alternative outside the support is ever evaluated."""
+
+    def upper_bound(self, fn) -> torch.Tensor | None:
+        support = fn.support
+        return getattr(support, "upper_bound", None)
+
+    def at_top(self, fn, value: torch.Tensor) -> torch.Tensor | None:
+        upper = self.upper_bound(fn)
+        if upper is None:
+            return None
+        return value >= upper
+
+    def alternatives(self, fn, value):
+        alternative = value + 1
+        top = self.at_top(fn, value)
+        if top is not None:
+            alternative = torch.where(top, value, alternative)
+        return alternative.unsqueeze(0)
+
+    def parameters(self, fn) -> dict[str, torch.Tensor]:
+        """Differentiable parameter tensors that :meth:`variable_nabla` refers to."""
+        return {name: getattr(fn, name) for name in self.parameter_names}
+
+    parameter_names: tuple[str, ...] = ()
+
+    def mask_delta(self, fn, value, delta):
+        top = self.at_top(fn, value)
+        delta = delta[0]
+        if top is not None:
+            delta = torch.where(top, delta.new_zeros(()), delta)
+        return delta
+
+    def surrogate(self, fn, value, delta):
+        delta = self.mask_delta(fn, value, delta)
+        nablas = self.variable_nabla(fn, value)
+        params = self.parameters(fn)
+        total = delta.new_zeros(())
+        for name, nabla in nablas.items():
+            param = params[name]
+            if not (torch.is_tensor(param) and param.requires_grad):
+                continue
+            total = total + (_stop(nabla * delta) * param)
+        return total
+
+
+class PoissonRule(VariableNablaRule):
+    """``Poisson(λ)``: ``g_λ = 1`` (Cong et al. 2019, appendix A, Table 3)."""
+
+    parameter_names = ("rate",)
+
+    def variable_nabla(self, fn, value):
+        return {"rate": torch.ones_like(value) * torch.ones_like(fn.rate)}
+
+
+class GeometricRule(VariableNablaRule):
+    """``Geometric(p)`` counting failures before the first success:
+    ``Q(y) = 1 − (1−p)^{y+1}``, ``g_p = −(y+1)/p``."""
+
+    parameter_names = ("probs",)
+
+    def variable_nabla(self, fn, value):
+        return {"probs": -(value + 1) / _stop(fn.probs)}
+
+
+class BinomialRule(VariableNablaRule):
+    """``Binomial(n, p)``: ``g_p = (n − y)/(1 − p)``; ``n`` is not differentiable."""
+
+    parameter_names = ("probs",)
+
+    def variable_nabla(self, fn, value):
+        probs = _stop(fn.probs)
+        return {"probs": (fn.total_count - value) / (1 - probs)}
+
+
+class NegativeBinomialRule(VariableNablaRule):
+    """``NegativeBinomial(r, p)`` in torch's parameterisation (mean ``r p/(1−p)``):
+    ``g_p = (y + r)/(1 − p)`` and ``g_r = −Σ_{k≤y} q(k)[ψ(k+r) − ψ(r) + log(1−p)]/q(y)``
+    (Cong et al. 2019, appendix A, Table 3)."""
+
+    parameter_names = ("probs", "total_count")
+
+    def variable_nabla(self, fn, value):
+        probs = _stop(fn.probs)
+        total_count = torch.as_tensor(fn.total_count, dtype=probs.dtype, device=probs.device)
+        return {
+            "probs": (value + _stop(total_count)) / (1 - probs),
+            "total_count": negative_binomial_total_count_nabla(value, total_count, probs),
+        }
+
+
+class GammaPoissonRule(VariableNablaRule):
+    """Pyro's ``GammaPoisson(α, β)`` is ``NegativeBinomial(r=α, p=1/(1+β))``:
+    ``g_α = g_r`` and ``g_β = g_p · dp/dβ = −(y + α)/(β (1 + β))``."""
+
+    parameter_names = ("concentration", "rate")
+
+    def variable_nabla(self, fn, value):
+        alpha = _stop(fn.concentration)
+        beta = _stop(fn.rate)
+        probs = 1 / (1 + beta)
+        return {
+            "concentration": negative_binomial_total_count_nabla(value, alpha, probs),
+            "rate": -(value + alpha) / (beta * (1 + beta)),
+        }
+
+
+class GenericCountRule(VariableNablaRule):
+    """Any distribution on ``{0, 1, 2, ...}`` with a differentiable ``log_prob``
+    (ZeroInflatedPoisson, ZeroInflatedNegativeBinomial, BetaBinomial, user classes).
+
+    Uses ``∂_η Q(y) = Σ_{k≤y} q(k) ∂_η log q(k)`` (DESIGN.md §2): the surrogate
+    ``S = Σ_{k≤y} stop(q(k)/q(y)) log q_η(k)`` has ``∇S = ∇Q(y)/q(y) = −g(y)``, so the GO
+    term is ``−stop(Δ) · S``.  Costs one ``log_prob`` on a grid ``0..max(y)``.
+    """
+
+    def _head_sum(self, fn, value):
+        grid = count_grid(value)
+        k = torch.minimum(grid, value)  # stay inside each element's support
+        log_q = fn.log_prob(k)
+        weights = head_weights(_stop(log_q), value)
+        return (weights * log_q).sum(0)
+
+    def surrogate(self, fn, value, delta):
+        delta = self.mask_delta(fn, value, delta)
+        return -_stop(delta) * self._head_sum(fn, value)
+
+    def variable_nabla(self, fn, value):
+        head = self._head_sum(fn, value)
+        nablas = {}
+        for name in fn.arg_constraints:
+            param = getattr(fn, name, None)
+            if not (torch.is_tensor(param) and param.requires_grad):
+                continue
+            if param.shape != head.shape:
+                continue  # only elementwise parameters give elementwise nablas
+            (grad,) = torch.autograd.grad(
+                head.sum(), param, retain_graph=True, allow_unused=True
+            )
+            if grad is not None:
+                nablas[name] = -grad
+        return nablas
+
+    def parameters(self, fn):
+        return {name: getattr(fn, name) for name in fn.arg_constraints}
+
+
+class BernoulliLocal(DiscreteRule):
+    """``Bernoulli(P)`` in the local form (Cong et al. 2019, appendix I, eq. 34):
+    ``∇E[f] = E[Σ_v ∇P_v (f(y_{−v}, 1) − f(y_{−v}, 0))]``.  One alternative (the flip);
+    ``f(1) − f(0) = (1 − 2y)·Δ``."""
+
+    def alternatives(self, fn, value):
+        return (1 - value).unsqueeze(0)
+
+    def surrogate(self, fn, value, delta):
+        sign = 1 - 2 * value
+        return _stop(sign * delta[0]) * fn.probs
+
+    def variable_nabla(self, fn, value):
+        probs = _stop(fn.probs)
+        return {"probs": torch.where(value == 0, 1 / (1 - probs), torch.zeros_like(probs))}
+
+
+def _categorical_probs(fn) -> torch.Tensor:
+    return fn.probs
+
+
+class CategoricalLocal(DiscreteRule):
+    """``Categorical(p)`` in the local form: ``∇E[f] = E[Σ_v Σ_k ∇p_{vk} f(y_{−v}, k)]``
+    (the finite-support analogue of eq. 34).  ``K − 1`` alternatives per element;
+    ``Σ_k ∇p_{vk} = 0`` lets ``f(y)`` serve as the baseline."""
+
+    def num_alternatives(self, fn):
+        return _categorical_probs(fn).shape[-1] - 1
+
+    def _labels(self, value):
+        return value.long()
+
+    def _encode(self, labels, like):
+        return labels.to(like.dtype)
+
+    def alternatives(self, fn, value):
+        num_categories = _categorical_probs(fn).shape[-1]
+        labels = self._labels(value)
+        shifts = torch.arange(1, num_categories, device=value.device)
+        shifts = shifts.reshape((-1,) + (1,) * labels.dim())
+        return self._encode((labels + shifts) % num_categories, value)
+
+    def surrogate(self, fn, value, delta):
+        probs = _categorical_probs(fn)
+        num_categories = probs.shape[-1]
+        labels = self._labels(value)
+        shifts = torch.arange(1, num_categories, device=value.device)
+        shifts = shifts.reshape((-1,) + (1,) * labels.dim())
+        alternative = (labels + shifts) % num_categories
+        probs = probs.expand(alternative.shape[1:] + probs.shape[-1:])
+        probs = probs.unsqueeze(0).expand(alternative.shape + probs.shape[-1:])
+        alternative_probs = probs.gather(-1, alternative.unsqueeze(-1)).squeeze(-1)
+        possible = _stop(alternative_probs) > 0
+        delta = torch.where(possible, delta, delta.new_zeros(()))
+        return _stop(delta) * alternative_probs
+
+    def variable_nabla(self, fn, value):
+        return CATEGORICAL_RAW.variable_nabla(fn, value)
+
+
+class OneHotCategoricalLocal(CategoricalLocal):
+    """``OneHotCategorical(p)`` in the local form (see :class:`CategoricalLocal`)."""
+
+    atom_dim = 1
+
+    def _labels(self, value):
+        return value.argmax(-1)
+
+    def _encode(self, labels, like):
+        return torch.nn.functional.one_hot(labels, like.shape[-1]).to(like.dtype)
+
+    def variable_nabla(self, fn, value):
+        return ONE_HOT_CATEGORICAL_RAW.variable_nabla(fn, value)
+
+
+class CategoricalRaw(DiscreteRule):
+    """``Categorical(p)`` in the raw GO form: ``Q(y) = Σ_{k≤y} p_k``,
+    ``g = −∇Q(y)/p_y`` with ``D f = f(y+1) − f(y)`` (Theorem 1, appendix A.2).  One
+    alternative per element; no term at ``y = K − 1``."""
+
+    def _labels(self, value):
+        return value.long()
+
+    def _encode(self, labels, like):
+        return labels.to(like.dtype)
+
+    def alternatives(self, fn, value):
+        num_categories = _categorical_probs(fn).shape[-1]
+        labels = self._labels(value)
+        return self._encode((labels + 1).clamp(max=num_categories - 1), value).unsqueeze(0)
+
+    def _cdf_and_mass(self, fn, labels):
+        probs = _categorical_probs(fn)
+        probs = probs.expand(labels.shape + probs.shape[-1:])
+        index = labels.unsqueeze(-1)
+        cdf = probs.cumsum(-1).gather(-1, index).squeeze(-1)
+        mass = probs.gather(-1, index).squeeze(-1)
+        return cdf, mass
+
+    def surrogate(self, fn, value, delta):
+        labels = self._labels(value)
+        num_categories = _categorical_probs(fn).shape[-1]
+        delta = torch.where(labels == num_categories - 1, delta.new_zeros(()), delta[0])
+        cdf, mass = self._cdf_and_mass(fn, labels)
+        return -_stop(delta) * cdf / _stop(mass)
+
+    def variable_nabla(self, fn, value):
+        """``g_{p_j}(y) = −1{j ≤ y}/p_y``, shape ``[*batch, K]``, treating the ``p_j``
+        as free coordinates (the constraint ``Σ p = 1`` acts through the logits)."""
+        probs = _stop(_categorical_probs(fn))
+        labels = self._labels(value)
+        mass = probs.expand(labels.shape + probs.shape[-1:]).gather(-1, labels.unsqueeze(-1))
+        below = torch.arange(probs.shape[-1], device=probs.device) <= labels.unsqueeze(-1)
+        return {"probs": -below.to(probs.dtype) / mass}
+
+
+class OneHotCategoricalRaw(CategoricalRaw):
+    """``OneHotCategorical(p)`` in the raw GO form (see :class:`CategoricalRaw`)."""
+
+    atom_dim = 1
+
+    def _labels(self, value):
+        return value.argmax(-1)
+
+    def _encode(self, labels, like):
+        return torch.nn.functional.one_hot(labels, like.shape[-1]).to(like.dtype)
+
+
+CATEGORICAL_RAW = CategoricalRaw()
+ONE_HOT_CATEGORICAL_RAW = OneHotCategoricalRaw()
+
+
+def is_count_support(support) -> bool:
+    """Whether a support is a subset of ``{0, 1, 2, ...}`` starting at 0."""
+    if support is constraints.boolean:
+        return True
+    if isinstance(support, (constraints.integer_interval, type(constraints.nonnegative_integer))):
+        lower = support.lower_bound
+        return bool(torch.all(torch.as_tensor(lower) == 0))
+    return False

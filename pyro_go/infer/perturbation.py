@@ -1,0 +1,300 @@
+"""``D_y f`` for all discrete leaf sites of a guide, by replaying the model.
+
+For a discrete guide site ``s`` the GO estimator needs, for every element ``v`` and
+alternative value ``a``, ``Δ_{a,v} = f(y with y_v := a) − f(y)`` where
+``f = log p(x, z) − log q(z)`` (Cong et al. 2019, eq. 9; appendix I, eqs. 34–36).
+
+Two facts make this cheap (DESIGN.md §3):
+
+* **Plates.**  A plate declares conditional independence, so changing element ``v`` in
+  *every* slice of the plates of ``s`` at once and summing ``f``'s terms down to those
+  plates yields the finite differences of all slices from one evaluation: the Ξ trick
+  of appendix I, made generic.  Only the elements of the remaining (*coupled*) dims need
+  an evaluation each.  Safety rule: a plate counts as coupled for ``s`` when some model
+  term that depends on ``s`` (by provenance) lies outside it, since that term mixes
+  slices.
+* **Stacking.**  All perturbations of all sites form one stack that is placed on a new
+  batch dim to the left of every plate, so the model runs once over the whole stack,
+  without autograd, exactly as parallel enumeration does.  ``chunk_size`` bounds the
+  stack per replay; ``vectorize=False`` replays perturbations one at a time for models
+  that cannot broadcast.
+
+Stack entry 0 is the unperturbed sample, so every difference is taken between numbers
+computed by the same kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.subsample_messenger import _Subsample
+from pyro.poutine.trace_struct import Trace
+
+from pyro_go.distributions.registry import unwrap_distribution
+from pyro_go.distributions.rules import DiscreteRule
+
+
+@dataclass
+class DiscreteLeafSite:
+    """One discrete leaf site of the guide and the layout of its perturbations.
+
+    ``element_shape`` is the value's shape without the atom dims (one-hot vectors are
+    atoms).  ``independent_dims`` are the element dims that belong to a plate of the
+    site in which every dependent model term lies; all other element dims are coupled
+    and their ``num_coupled`` positions are perturbed one per stack entry, for each of
+    the rule's ``num_alternatives`` alternatives.
+    """
+
+    name: str
+    rule: DiscreteRule
+    guide_site: dict
+    value: torch.Tensor
+    independent_frames: tuple
+    offset: int = 0
+    element_shape: torch.Size = field(init=False)
+    independent_dims: tuple[int, ...] = field(init=False)
+    num_coupled: int = field(init=False)
+    num_alternatives: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        atom_dim = self.rule.atom_dim
+        self.element_shape = self.value.shape[: self.value.dim() - atom_dim]
+        batch_dim = len(self.guide_site["fn"].batch_shape)
+        self.independent_dims = tuple(
+            sorted(batch_dim + frame.dim for frame in self.independent_frames)
+        )
+        self.num_coupled = 1
+        for dim, size in enumerate(self.element_shape):
+            if dim not in self.independent_dims:
+                self.num_coupled *= size
+        self.num_alternatives = self.rule.num_alternatives(self.base_fn)
+
+    @property
+    def base_fn(self):
+        return unwrap_distribution(self.guide_site["fn"])
+
+    @property
+    def num_entries(self) -> int:
+        return self.num_alternatives * self.num_coupled
+
+    def coupled_index(self) -> torch.Tensor:
+        """Flat index of each element's coupled position, broadcastable to
+        ``element_shape`` (size 1 along independent dims)."""
+        shape = [
+            1 if dim in self.independent_dims else size
+            for dim, size in enumerate(self.element_shape)
+        ]
+        return torch.arange(self.num_coupled, device=self.value.device).reshape(shape)
+
+    def perturbed_values(self, start: int, stop: int) -> torch.Tensor:
+        """Values for this site's local stack entries ``start..stop-1``, shape
+        ``[stop - start, *value.shape]``."""
+        entries = torch.arange(start, stop, device=self.value.device)
+        alternative_index = entries // self.num_coupled
+        coupled_position = entries % self.num_coupled
+        alternatives = self.rule.alternatives(self.base_fn, self.value)
+        alternatives = alternatives.expand((alternatives.shape[0],) + self.value.shape)
+        chosen = alternatives[alternative_index]
+        index = self.coupled_index()
+        selected = index.unsqueeze(0) == coupled_position.reshape((-1,) + (1,) * index.dim())
+        for _ in range(self.rule.atom_dim):
+            selected = selected.unsqueeze(-1)
+        return torch.where(selected, chosen, self.value.unsqueeze(0))
+
+    def delta(self, f_entries: torch.Tensor, f_base: torch.Tensor) -> torch.Tensor:
+        """Spread per-entry differences over elements: returns ``Δ`` of shape
+        ``[A, *element_shape]`` from ``f`` of this site's entries ``[A·E, *kept]`` and of
+        the base sample ``[1, *kept]`` (``kept`` aligned to the right of ``element_shape``'s
+        batch part, size 1 except at independent dims)."""
+        diff = f_entries - f_base
+        batch_dim = len(self.guide_site["fn"].batch_shape)
+        event_dim = len(self.element_shape) - batch_dim
+        diff = diff.reshape(diff.shape[:1] + diff.shape[diff.dim() - batch_dim :])
+        diff = diff.reshape((diff.shape[0],) + diff.shape[1:] + (1,) * event_dim)
+        diff = diff.reshape(
+            (self.num_alternatives, self.num_coupled) + diff.shape[1:]
+        ).expand((self.num_alternatives, self.num_coupled) + self.element_shape)
+        index = self.coupled_index().expand(self.element_shape)
+        index = index.unsqueeze(0).unsqueeze(0).expand((self.num_alternatives, 1) + self.element_shape)
+        return diff.gather(1, index).squeeze(1)
+
+
+def _pad_left(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.reshape((1,) * (dim - x.dim()) + x.shape)
+
+
+def _sum_to_frames(log_prob: torch.Tensor, frames: tuple, depth: int) -> torch.Tensor:
+    """Sum a ``[n, *batch]`` log-density (batch right-aligned to ``depth`` dims) over
+    every batch dim that is not one of ``frames``; keeps dims (size 1 where summed)."""
+    kept = {depth + 1 + frame.dim for frame in frames}
+    dims = [d for d in range(1, depth + 1) if d not in kept and log_prob.shape[d] != 1]
+    return log_prob.sum(dims, keepdim=True) if dims else log_prob
+
+
+class PerturbationReplay:
+    """Evaluates ``Δ`` for a set of discrete leaf sites by replaying ``model``.
+
+    :param model: the (possibly particle-vectorised) model callable.
+    :param guide_trace: the unpruned guide trace (subsample sites included, so that
+        replays reuse the same minibatch).
+    :param dependents: model site name -> set of leaf sites whose value it depends on.
+    :param depth: number of batch dims right of the stack dim (plates and particle dim).
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide_trace: Trace,
+        sites: list[DiscreteLeafSite],
+        dependents: dict[str, frozenset],
+        depth: int,
+        vectorize: bool,
+        chunk_size: int | None,
+    ) -> None:
+        self.model = model
+        self.guide_trace = guide_trace
+        self.sites = sites
+        self.dependents = dependents
+        self.depth = depth
+        self.vectorize = vectorize
+        self.chunk_size = chunk_size if vectorize else 1
+        offset = 1  # entry 0 is the unperturbed sample
+        for site in sites:
+            site.offset = offset
+            offset += site.num_entries
+        self.num_entries = offset
+
+    def _chunks(self):
+        step = self.chunk_size or self.num_entries
+        for start in range(0, self.num_entries, step):
+            yield start, min(start + step, self.num_entries)
+
+    def _stack(self, value: torch.Tensor, batch_dim: int) -> torch.Tensor:
+        extra = self.depth - batch_dim
+        if extra < 0:
+            raise ValueError(
+                "TraceGO_ELBO: a site has more batch dims than max_plate_nesting allows; "
+                "raise max_plate_nesting."
+            )
+        return value.reshape(value.shape[:1] + (1,) * extra + value.shape[1:])
+
+    def _site_values(self, site: DiscreteLeafSite, start: int, stop: int) -> torch.Tensor | None:
+        """Values of ``site`` for global entries ``start..stop-1``, or ``None`` if all are
+        the base value."""
+        lo, hi = max(start, site.offset), min(stop, site.offset + site.num_entries)
+        if lo >= hi:
+            return None
+        own = site.perturbed_values(lo - site.offset, hi - site.offset)
+        before = lo - start
+        after = stop - hi
+        base = site.value.unsqueeze(0)
+        pieces = [base.expand((before,) + site.value.shape)] if before else []
+        pieces.append(own)
+        if after:
+            pieces.append(base.expand((after,) + site.value.shape))
+        return torch.cat(pieces) if len(pieces) > 1 else own
+
+    def _replay(self, values: dict[str, torch.Tensor]) -> Trace:
+        trace = self.guide_trace.copy()
+        for name, value in values.items():
+            trace.nodes[name] = dict(trace.nodes[name], value=value)
+        try:
+            return poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
+                *self.args, **self.kwargs
+            )
+        except (RuntimeError, ValueError, IndexError) as error:
+            raise ValueError(
+                "TraceGO_ELBO could not replay the model over a stack of perturbed "
+                f"values of the discrete guide sites {sorted(values)} placed at batch dim "
+                f"{-(self.depth + 1)} (left of every plate). The model must broadcast over "
+                "extra batch dims on the left (as with parallel enumeration): avoid "
+                "reshapes and explicit sizes on latent values, or pass "
+                "TraceGO_ELBO(vectorize_perturbations=False) to replay one perturbation "
+                f"at a time. Original error: {error}"
+            ) from error
+
+    def _check_broadcast(self, name: str, log_prob: torch.Tensor, num: int) -> None:
+        fits = log_prob.dim() <= self.depth + 1
+        lead = log_prob.shape[0] if log_prob.dim() == self.depth + 1 else 1
+        if not fits or lead != num:
+            raise ValueError(
+                f"TraceGO_ELBO: model site '{name}' depends on a discrete guide site but "
+                f"its log_prob has shape {tuple(log_prob.shape)} when the model is replayed "
+                f"over {num} perturbations stacked at batch dim {-(self.depth + 1)}: the "
+                "model does not broadcast over that dim. Make it broadcast (as for "
+                "parallel enumeration), set max_plate_nesting, or pass "
+                "TraceGO_ELBO(vectorize_perturbations=False)."
+            )
+
+    def _log_f(self, values: dict, num: int) -> dict[str, torch.Tensor]:
+        """``f`` terms that change, summed to each perturbed site's independent plates:
+        site name -> ``[num, *kept]``."""
+        model_trace = self._replay(values)
+        totals: dict[str, torch.Tensor] = {}
+        for name, node in model_trace.nodes.items():
+            if node["type"] != "sample" or isinstance(node["fn"], _Subsample):
+                continue
+            affected = self.dependents.get(name, frozenset()) & values.keys()
+            if not affected:
+                continue
+            log_prob = node["fn"].log_prob(node["value"], *node["args"], **node["kwargs"])
+            log_prob = scale_and_mask(log_prob, node["scale"], node["mask"])
+            if self.vectorize:
+                self._check_broadcast(name, log_prob, num)
+            log_prob = _pad_left(log_prob, self.depth + 1)
+            for site_name in affected:
+                site = self._by_name[site_name]
+                term = _sum_to_frames(log_prob, site.independent_frames, self.depth)
+                totals[site_name] = totals.get(site_name, 0) + term
+        for site_name, value in values.items():
+            site = self._by_name[site_name]
+            guide_node = site.guide_site
+            log_q = guide_node["fn"].log_prob(value)
+            log_q = scale_and_mask(log_q, guide_node["scale"], guide_node["mask"])
+            log_q = _pad_left(log_q, self.depth + 1)
+            totals[site_name] = totals.get(site_name, 0) - _sum_to_frames(
+                log_q, site.independent_frames, self.depth
+            )
+        return totals
+
+    def deltas(self, args, kwargs) -> dict[str, torch.Tensor]:
+        """Run the replays; returns site name -> ``Δ`` of shape ``[A, *element_shape]``."""
+        self.args, self.kwargs = args, kwargs
+        self._by_name = {site.name: site for site in self.sites}
+        pieces: dict[str, list[torch.Tensor]] = {site.name: [] for site in self.sites}
+        base: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for start, stop in self._chunks():
+                values, num = self._values_for(start, stop)
+                totals = self._log_f(values, num)
+                for name in values:
+                    f = totals[name].expand((num,) + totals[name].shape[1:])
+                    site = self._by_name[name]
+                    lo = max(start, site.offset) - start
+                    hi = min(stop, site.offset + site.num_entries) - start
+                    if start == 0:
+                        base[name] = f[:1]
+                    if hi > lo:
+                        pieces[name].append(f[lo:hi])
+        return {
+            site.name: site.delta(torch.cat(pieces[site.name]), base[site.name])
+            for site in self.sites
+        }
+
+    def _values_for(self, start: int, stop: int) -> tuple[dict[str, torch.Tensor], int]:
+        num = stop - start
+        values = {}
+        for site in self.sites:
+            if start == 0 or self._site_values(site, start, stop) is not None:
+                stacked = self._site_values(site, start, stop)
+                if stacked is None:
+                    stacked = site.value.unsqueeze(0).expand((num,) + site.value.shape)
+                batch_dim = len(site.guide_site["fn"].batch_shape)
+                values[site.name] = (
+                    self._stack(stacked, batch_dim) if self.vectorize else stacked[0]
+                )
+        return values, num

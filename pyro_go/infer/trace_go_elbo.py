@@ -1,0 +1,426 @@
+"""``TraceGO_ELBO``: the ELBO with GO gradients and statistical back-propagation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.infer.elbo import ELBO
+from pyro.infer.tracegraph_elbo import _construct_baseline
+from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
+from pyro.ops.provenance import ProvenanceTensor
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+
+from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
+from pyro_go.infer.perturbation import DiscreteLeafSite, PerturbationReplay
+from pyro_go.poutine.go_sample_messenger import GOSampleMessenger
+
+
+class _Particle:
+    """Traces of one particle plus what a perturbation replay needs."""
+
+    def __init__(self, model, model_trace, guide_trace, raw_guide_trace, args, kwargs):
+        self.model = model
+        self.model_trace = model_trace
+        self.guide_trace = guide_trace
+        self.raw_guide_trace = raw_guide_trace
+        self.args = args
+        self.kwargs = kwargs
+        self.discrete: dict = {}
+        self.internal: dict[str, list[str]] = {}
+        self.leaves: dict = {}
+
+
+def _sample_sites(trace):
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+    }
+
+
+def _latent_sites(trace):
+    return {name: site for name, site in _sample_sites(trace).items() if not site["is_observed"]}
+
+
+def _vectorized_frames(site) -> tuple:
+    return tuple(frame for frame in site["cond_indep_stack"] if frame.vectorized)
+
+
+def _plain(value: torch.Tensor) -> torch.Tensor:
+    return _strip(value).detach()
+
+
+def _strip(value):
+    """``detach_provenance`` with a fast path for plain tensors."""
+    return value._t if isinstance(value, ProvenanceTensor) else value
+
+
+def _provenance(value) -> frozenset:
+    return value._provenance if isinstance(value, ProvenanceTensor) else frozenset()
+
+
+class TraceGO_ELBO(ELBO):
+    r"""
+    An ELBO whose gradient estimator is the GO gradient [1] with statistical
+    back-propagation (Theorem 3 of [1]): unbiased, one sample, and with variance far
+    below the score function for discrete and non-reparameterisable latent variables.
+    It is a drop-in replacement for :class:`~pyro.infer.Trace_ELBO` in
+    :class:`~pyro.infer.SVI` with models and guides written with the standard
+    :mod:`pyro.distributions`.
+
+    For one particle, with ``f(z) = log p(x, z) − log q(z)`` and guide parameters held
+    fixed inside ``log q`` ("sticking the landing" [2]: the dropped term has zero mean),
+    the surrogate objective is
+
+    * every model term ``log p``, differentiable in the model parameters and, through
+      pathwise samples, in the guide parameters;
+    * for continuous guide sites, the pathwise sample (``rsample``; Gamma, Beta and
+      Dirichlet use implicit reparameterisation, which *is* GO for continuous
+      variables, eq. 9), or for a univariate site with only a ``cdf`` the surrogate
+      sample ``y − (F(y) − stop F(y)) / stop p(y)``;
+    * for each discrete *leaf* guide site (no children in the guide), the GO term
+      ``Σ_v stop(D_v f) · ĝ_v`` of Algorithm 1 (appendix I), with ``D_v f`` computed by
+      one vectorised, gradient-free replay of the model over the perturbations of all
+      discrete leaf sites, batched across plate slices
+      (:mod:`pyro_go.infer.perturbation`).  Bernoulli and Categorical sites use the
+      local form (eq. 34), count sites the closed-form variable-nablas of appendix A;
+    * for each discrete guide site *with* children in the guide, which Theorem 3 does
+      not cover, the score-function term Rao-Blackwellised by provenance like
+      :class:`~pyro.infer.TraceGraph_ELBO` (``infer={"baseline": ...}`` works the same
+      way), with a one-time warning; ``strict=True`` raises instead.  Appendix B.4 of
+      [1] shows how to restructure such guides.
+
+    :param int num_particles: number of particles averaged per estimate.
+    :param int max_plate_nesting: bound on nested plates (guessed if omitted).  The
+        perturbation stack is placed left of every plate.
+    :param bool vectorize_particles: vectorise over particles with an outer plate.
+    :param bool strict: raise instead of warning when a discrete guide site has
+        children in the guide.
+    :param str categorical_form: ``"local"`` (default, lower variance, ``K − 1``
+        evaluations per element) or ``"raw"`` (Theorem 1, one evaluation per element)
+        for Categorical and OneHotCategorical sites; a site may override it with
+        ``infer={"go_categorical_form": ...}``.
+    :param bool vectorize_perturbations: replay the model once over a stack of all
+        perturbations (default).  ``False`` replays them one at a time, for models that
+        cannot broadcast over an extra batch dim on the left.
+    :param int chunk_size: at most this many perturbations per replay (bounds memory);
+        ``None`` for all at once.
+    :param bool stick_the_landing: hold guide parameters fixed inside ``log q`` [2]
+        (default ``True``); ``False`` keeps the zero-mean score terms of continuous sites.
+
+    **References**
+
+    [1] Yulai Cong, Miaoyun Zhao, Ke Bai, Lawrence Carin (2019). *GO Gradient for
+        Expectation-Based Objectives.* ICLR 2019.
+
+    [2] Geoffrey Roeder, Yuhuai Wu, David Duvenaud (2017). *Sticking the Landing:
+        Simple, Lower-Variance Gradient Estimators for Variational Inference.* NeurIPS.
+    """
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = False,
+        strict_enumeration_warning: bool = True,
+        ignore_jit_warnings: bool = False,
+        jit_options: dict | None = None,
+        retain_graph: bool | None = None,
+        *,
+        strict: bool = False,
+        categorical_form: CategoricalForm = "local",
+        vectorize_perturbations: bool = True,
+        chunk_size: int | None = None,
+        stick_the_landing: bool = True,
+    ) -> None:
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=vectorize_particles,
+            strict_enumeration_warning=strict_enumeration_warning,
+            ignore_jit_warnings=ignore_jit_warnings,
+            jit_options=jit_options,
+            retain_graph=retain_graph,
+        )
+        if categorical_form not in ("local", "raw"):
+            raise ValueError(f"categorical_form must be 'local' or 'raw', got {categorical_form!r}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        self.strict = strict
+        self.categorical_form = categorical_form
+        self.vectorize_perturbations = vectorize_perturbations
+        self.chunk_size = chunk_size
+        self.stick_the_landing = stick_the_landing
+        self._warned_sites: set[str] = set()
+
+    # ------------------------------------------------------------------ traces
+
+    def _get_trace(self, model: Callable, guide: Callable, args, kwargs) -> _Particle:
+        """Runs the guide (GO sampling, provenance on discrete values), classifies its
+        discrete sites as leaves or internal, and replays the model against it.
+
+        Provenance is stripped before the model runs, except from discrete *internal*
+        sites, whose score-function terms need to know which model terms they feed;
+        this keeps provenance tracking (a ``__torch_function__`` per op) off the hot
+        path of leaf-only guides.
+        """
+        raw_guide_trace = poutine.trace(GOSampleMessenger(self.categorical_form)(guide)).get_trace(
+            *args, **kwargs
+        )
+        tracked = {}
+        for name, node in _sample_sites(raw_guide_trace).items():
+            if isinstance(node["value"], ProvenanceTensor):
+                tracked[name] = node["value"]
+                node["value"] = node["value"]._t
+        guide_trace = prune_subsample_sites(raw_guide_trace)
+        guide_trace.compute_log_prob()
+        discrete = self._discrete_sites(guide_trace, tracked)
+        internal = self._internal_sites(guide_trace, discrete)
+
+        replay_trace = raw_guide_trace
+        if internal:
+            replay_trace = raw_guide_trace.copy()
+            for name in internal:
+                node = raw_guide_trace.nodes[name]
+                replay_trace.nodes[name] = dict(node, value=tracked[name])
+        model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
+            *args, **kwargs
+        )
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, raw_guide_trace, self.max_plate_nesting)
+        model_trace = prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob()
+        if is_validation_enabled():
+            for site in _sample_sites(model_trace).values():
+                check_site_shape(site, self.max_plate_nesting)
+            for site in _sample_sites(guide_trace).values():
+                check_site_shape(site, self.max_plate_nesting)
+        particle = _Particle(model, model_trace, guide_trace, raw_guide_trace, args, kwargs)
+        particle.discrete = discrete
+        particle.internal = internal
+        particle.leaves = {n: rule for n, rule in discrete.items() if n not in internal}
+        return particle
+
+    # ------------------------------------------------------------------ public API
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """
+        :returns: an estimate of the negative ELBO from ``num_particles`` samples.
+        :rtype: float
+        """
+        elbo = 0.0
+        for particle in self._get_traces(model, guide, args, kwargs):
+            elbo += self._elbo_value(particle) / self.num_particles
+        loss = -elbo
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
+        """
+        :returns: a surrogate loss whose value is the negative ELBO estimate and whose
+            gradient is the GO gradient estimate; call ``.backward()`` on it.
+        :rtype: torch.Tensor
+        """
+        surrogate_loss = 0.0
+        for particle in self._get_traces(model, guide, args, kwargs):
+            surrogate_loss = surrogate_loss + self._surrogate_loss(particle) / self.num_particles
+        warn_if_nan(surrogate_loss, "loss")
+        return surrogate_loss
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """Computes the ELBO estimate and back-propagates the GO gradient estimate into
+        every parameter that takes part.
+
+        :returns: an estimate of the negative ELBO.
+        :rtype: float
+        """
+        surrogate_loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if torch.is_tensor(surrogate_loss) and surrogate_loss.requires_grad:
+            surrogate_loss.backward(retain_graph=self.retain_graph)
+        loss = torch_item(surrogate_loss)
+        warn_if_nan(loss, "loss")
+        return loss
+
+    # ------------------------------------------------------------------ estimator
+
+    @staticmethod
+    def _elbo_value(particle: _Particle) -> float:
+        elbo = 0.0
+        for site in _sample_sites(particle.model_trace).values():
+            elbo += torch_item(_strip(site["log_prob_sum"]))
+        for site in _latent_sites(particle.guide_trace).values():
+            elbo -= torch_item(_strip(site["log_prob_sum"]))
+        return elbo
+
+    def _discrete_sites(self, guide_trace, tracked: dict) -> dict:
+        discrete = {}
+        for name in tracked:
+            site = guide_trace.nodes[name]
+            form = site["infer"].get("go_categorical_form", self.categorical_form)
+            discrete[name] = get_go_rule(site["fn"], form)
+        return discrete
+
+    def _internal_sites(self, guide_trace, discrete: dict) -> dict[str, list[str]]:
+        """Discrete sites with children in the guide: name -> names of the children.
+        A child is a latent guide site whose distribution's parameters carry the
+        discrete site's provenance."""
+        children: dict[str, list[str]] = {}
+        for name, site in _latent_sites(guide_trace).items():
+            for parent in _provenance(site["log_prob"]) & discrete.keys():
+                if parent != name:
+                    children.setdefault(parent, []).append(name)
+        for name, kids in children.items():
+            self._handle_internal_site(name, kids)
+        return children
+
+    def _handle_internal_site(self, name: str, children: list[str]) -> None:
+        message = (
+            f"TraceGO_ELBO: discrete guide site '{name}' has children in the guide "
+            f"({', '.join(children)}), which statistical back-propagation (GO paper, "
+            "Theorem 3) does not cover. Restructure the guide so that discrete sites are "
+            "leaves (GO paper, appendix B.4: e.g. condition the children on continuous "
+            "variables instead)"
+        )
+        if self.strict:
+            raise ValueError(message + ", or construct TraceGO_ELBO(strict=False) to fall "
+                             "back to the score-function estimator for this site.")
+        if name not in self._warned_sites:
+            self._warned_sites.add(name)
+            warnings.warn(
+                message + ". Until then its gradient uses the score-function estimator, "
+                "Rao-Blackwellised like TraceGraph_ELBO (add infer={'baseline': ...} to "
+                "reduce its variance); pass strict=True to make this an error.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _depth(self, particle: _Particle) -> int:
+        depth = 0 if math.isinf(self.max_plate_nesting) else int(self.max_plate_nesting)
+        for trace in (particle.model_trace, particle.guide_trace):
+            for site in _sample_sites(trace).values():
+                depth = max(depth, len(getattr(site["fn"], "batch_shape", ())))
+                for frame in _vectorized_frames(site):
+                    depth = max(depth, -frame.dim)
+        return depth
+
+    def _leaf_sites(self, particle: _Particle, leaves: dict) -> tuple[list, dict]:
+        """Layouts of the discrete leaf sites and, for each model site, the leaf sites it
+        may depend on: those sampled at or before it in the model's execution order."""
+        model_sites = list(_sample_sites(particle.model_trace))
+        position = {name: i for i, name in enumerate(model_sites)}
+        dependents: dict[str, frozenset] = {}
+        for i, name in enumerate(model_sites):
+            sources = frozenset(s for s in leaves if position.get(s, len(model_sites)) <= i)
+            if sources:
+                dependents[name] = sources
+        layouts = []
+        for name, rule in leaves.items():
+            guide_site = particle.guide_trace.nodes[name]
+            frames = []
+            for frame in _vectorized_frames(guide_site):
+                if all(
+                    frame in particle.model_trace.nodes[other]["cond_indep_stack"]
+                    for other, sources in dependents.items()
+                    if name in sources
+                ):
+                    frames.append(frame)
+            value = _plain(guide_site["value"])
+            expected = guide_site["fn"].batch_shape + guide_site["fn"].event_shape
+            if value.shape != expected:
+                raise ValueError(
+                    f"TraceGO_ELBO: guide site '{name}' has a value of shape "
+                    f"{tuple(value.shape)} but its distribution has shape {tuple(expected)}; "
+                    "GO needs the value to match batch_shape + event_shape."
+                )
+            layouts.append(DiscreteLeafSite(name, rule, guide_site, value, tuple(frames)))
+        return layouts, dependents
+
+    def _go_terms(self, particle: _Particle, leaves: dict) -> torch.Tensor:
+        layouts, dependents = self._leaf_sites(particle, leaves)
+        plain_trace = particle.raw_guide_trace.copy()
+        for name, node in _sample_sites(particle.raw_guide_trace).items():
+            if torch.is_tensor(node["value"]):
+                plain_trace.nodes[name] = dict(node, value=_plain(node["value"]))
+        replay = PerturbationReplay(
+            particle.model,
+            plain_trace,
+            layouts,
+            dependents,
+            self._depth(particle),
+            self.vectorize_perturbations,
+            self.chunk_size,
+        )
+        deltas = replay.deltas(particle.args, particle.kwargs)
+        total = 0.0
+        for layout in layouts:
+            base_fn = unwrap_distribution(layout.guide_site["fn"])
+            term = layout.rule.surrogate(base_fn, layout.value, deltas[layout.name])
+            total = total + term.sum()
+        return total
+
+    def _score_terms(self, particle: _Particle, internal: dict) -> tuple:
+        """Score-function terms (and baseline losses) of discrete internal sites."""
+        surrogate = 0.0
+        baseline_loss = 0.0
+        model_sites = _sample_sites(particle.model_trace)
+        guide_sites = _latent_sites(particle.guide_trace)
+        for name in internal:
+            cost = MultiFrameTensor()
+            for site in model_sites.values():
+                if name in _provenance(site["log_prob"]):
+                    cost.add((site["cond_indep_stack"], _plain(site["log_prob"])))
+            for other, site in guide_sites.items():
+                if other == name or name in _provenance(site["log_prob"]):
+                    cost.add((site["cond_indep_stack"], -_plain(site["log_prob"])))
+            guide_site = guide_sites[name]
+            downstream_cost = cost.sum_to(guide_site["cond_indep_stack"])
+            use_baseline, site_baseline_loss, baseline = _construct_baseline(
+                name, guide_site, downstream_cost
+            )
+            if use_baseline:
+                downstream_cost = downstream_cost - baseline
+                baseline_loss = baseline_loss + site_baseline_loss
+            score = _strip(guide_site["log_prob"])
+            surrogate = surrogate + (score * downstream_cost.detach()).sum()
+        return surrogate, baseline_loss
+
+    def _guide_term(self, site) -> torch.Tensor:
+        """``log q`` of a continuous site, with its parameters held fixed if sticking."""
+        log_q = _strip(site["log_prob_sum"])
+        if not self.stick_the_landing:
+            return log_q
+        value = _plain(site["value"])
+        log_q_params = scale_and_mask(site["fn"].log_prob(value), site["scale"], site["mask"]).sum()
+        return log_q - log_q_params + log_q_params.detach()
+
+    def _surrogate_loss(self, particle: _Particle) -> torch.Tensor:
+        guide_trace = particle.guide_trace
+        discrete, internal, leaves = particle.discrete, particle.internal, particle.leaves
+
+        surrogate_elbo = 0.0
+        for site in _sample_sites(particle.model_trace).values():
+            surrogate_elbo = surrogate_elbo + _strip(site["log_prob_sum"])
+        for name, site in _latent_sites(guide_trace).items():
+            if name in discrete:
+                surrogate_elbo = surrogate_elbo - _strip(site["log_prob_sum"]).detach()
+            else:
+                surrogate_elbo = surrogate_elbo - self._guide_term(site)
+
+        gradient_only = 0.0
+        if leaves:
+            gradient_only = gradient_only + self._go_terms(particle, leaves)
+        baseline_loss = 0.0
+        if internal:
+            score, baseline_loss = self._score_terms(particle, internal)
+            gradient_only = gradient_only + score
+        if torch.is_tensor(gradient_only):
+            surrogate_elbo = surrogate_elbo + (gradient_only - gradient_only.detach())
+        if torch.is_tensor(baseline_loss):
+            surrogate_elbo = surrogate_elbo - (baseline_loss - baseline_loss.detach())
+        return -surrogate_elbo

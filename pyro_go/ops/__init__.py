@@ -1,0 +1,1 @@
+"""Numerical helpers for variable-nablas."""

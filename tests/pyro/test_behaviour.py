@@ -1,0 +1,313 @@
+"""TraceGO_ELBO's behaviour beyond plain unbiasedness: the score-function fallback for
+discrete internal sites, errors that name the site, equivalence of replay modes,
+Pyro's handlers, and a drop-in SVI run."""
+
+import itertools
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import pytest
+import torch
+from conftest import assert_unbiased, exact_gradient, gradient_samples
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+from pyro_go import TraceGO_ELBO
+
+# ----------------------------------------------- discrete internal site (fallback)
+
+
+def chain_model():
+    z1 = pyro.sample("z1", dist.Bernoulli(0.4))
+    z2 = pyro.sample("z2", dist.Bernoulli(0.3 + 0.4 * z1))
+    pyro.sample("x", dist.Normal(z1 + 2 * z2, 1.0), obs=torch.tensor(1.5))
+
+
+def chain_guide():
+    p1 = pyro.param("p1", torch.tensor(0.5), constraint=dist.constraints.unit_interval)
+    p2 = pyro.param("p2", torch.tensor([0.3, 0.7]), constraint=dist.constraints.unit_interval)
+    z1 = pyro.sample("z1", dist.Bernoulli(p1))
+    pyro.sample("z2", dist.Bernoulli(p2[z1.long()]))
+
+
+def chain_exact_neg_elbo():
+    p1, p2 = pyro.param("p1"), pyro.param("p2")
+    total = 0.0
+    for a, b in itertools.product([0.0, 1.0], repeat=2):
+        z1, z2 = torch.tensor(a), torch.tensor(b)
+        log_q = dist.Bernoulli(p1).log_prob(z1) + dist.Bernoulli(p2[int(a)]).log_prob(z2)
+        log_p = (
+            dist.Bernoulli(0.4).log_prob(z1)
+            + dist.Bernoulli(0.3 + 0.4 * z1).log_prob(z2)
+            + dist.Normal(z1 + 2 * z2, 1.0).log_prob(torch.tensor(1.5))
+        )
+        total = total + log_q.exp() * (log_p - log_q)
+    return -total
+
+
+def test_discrete_internal_site_falls_back_to_score_function():
+    chain_guide()
+    params = [pyro.param("p1").unconstrained(), pyro.param("p2").unconstrained()]
+    exact = exact_gradient(chain_exact_neg_elbo(), params)
+    elbo = TraceGO_ELBO()
+    with pytest.warns(UserWarning, match="'z1' has children in the guide.*z2.*appendix B.4"):
+        elbo.differentiable_loss(chain_model, chain_guide)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        samples = gradient_samples(elbo, chain_model, chain_guide, params, 1200)
+    assert_unbiased(samples, exact)
+
+
+def test_strict_raises_for_discrete_internal_site():
+    with pytest.raises(ValueError, match="'z1' has children in the guide"):
+        TraceGO_ELBO(strict=True).differentiable_loss(chain_model, chain_guide)
+
+
+# ------------------------------------------------------------------ clear errors
+
+
+def test_site_without_rule_is_named():
+    def model():
+        pyro.sample("angle", dist.VonMises(0.0, 1.0))
+
+    def guide():
+        pyro.sample("angle", dist.VonMises(pyro.param("m", torch.tensor(0.0)), 2.0))
+
+    with pytest.raises(ValueError, match="guide site 'angle'.*VonMises.*register_go_rule"):
+        TraceGO_ELBO().differentiable_loss(model, guide)
+
+
+def test_enumerated_guide_site_is_refused():
+    def model():
+        pyro.sample("z", dist.Bernoulli(0.5))
+
+    def guide():
+        pyro.sample("z", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+
+    with pytest.raises(ValueError, match="guide site 'z' asks for enumeration"):
+        TraceGO_ELBO().differentiable_loss(model, guide)
+
+
+def non_broadcasting_model():
+    z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(3)).to_event(1))
+    total = z.reshape(-1).sum()  # breaks under an extra batch dim
+    pyro.sample("x", dist.Normal(total, 1.0), obs=torch.tensor(2.0))
+
+
+def non_broadcasting_guide():
+    probs = pyro.param("q", torch.full((3,), 0.4), constraint=dist.constraints.unit_interval)
+    pyro.sample("z", dist.Bernoulli(probs).to_event(1))
+
+
+def test_non_broadcasting_model_gets_a_clear_error_and_a_way_out():
+    with pytest.raises(ValueError, match="vectorize_perturbations=False"):
+        TraceGO_ELBO().differentiable_loss(non_broadcasting_model, non_broadcasting_guide)
+    loss = TraceGO_ELBO(vectorize_perturbations=False).differentiable_loss(
+        non_broadcasting_model, non_broadcasting_guide
+    )
+    loss.backward()
+    assert pyro.param("q").unconstrained().grad is not None
+
+
+def test_nan_loss_warns():
+    def model():
+        pyro.sample("z", dist.Poisson(3.0))
+        pyro.factor("bad", torch.tensor(float("nan")))
+
+    def guide():
+        pyro.sample("z", dist.Poisson(pyro.param("r", torch.tensor(2.0), constraint=dist.constraints.positive)))
+
+    with pytest.warns(UserWarning, match="nan"):
+        TraceGO_ELBO().loss_and_grads(model, guide)
+
+
+# ---------------------------------------------- equivalence of the replay modes
+
+
+def vae_like_model(data):
+    decoder = pyro.param("decoder", torch.linspace(-1, 1, 15).reshape(3, 5))
+    with pyro.plate("data", data.shape[0]):
+        z = pyro.sample("z", dist.Bernoulli(0.3 * torch.ones(3)).to_event(1))
+        y = pyro.sample("y", dist.Categorical(torch.ones(4) / 4))
+        logits = torch.tanh(z @ decoder) + 0.1 * y.unsqueeze(-1)
+        pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=data)
+
+
+def vae_like_guide(data):
+    encoder = pyro.param("encoder", torch.linspace(-0.5, 0.5, 15).reshape(5, 3))
+    cat = pyro.param("cat", torch.zeros(5, 4))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("z", dist.Bernoulli(logits=data @ encoder).to_event(1))
+        pyro.sample("y", dist.Categorical(logits=data @ cat))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"vectorize_perturbations": False}, {"chunk_size": 1}, {"chunk_size": 4}],
+    ids=["unvectorized", "chunk-1", "chunk-4"],
+)
+def test_replay_modes_agree(options):
+    data = (torch.rand(6, 5) > 0.5).float()
+    vae_like_guide(data)
+    vae_like_model(data)
+    params = [pyro.param(n).unconstrained() for n in ("encoder", "cat", "decoder")]
+
+    def grads(elbo):
+        pyro.set_rng_seed(3)
+        loss = elbo.differentiable_loss(vae_like_model, vae_like_guide, data)
+        return loss, torch.autograd.grad(loss, params)
+
+    loss_ref, grads_ref = grads(TraceGO_ELBO())
+    loss, grads_other = grads(TraceGO_ELBO(**options))
+    assert torch.allclose(loss, loss_ref)
+    for a, b in zip(grads_ref, grads_other, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_safety_rule_couples_plate_mixed_by_a_later_site():
+    """A model site outside the plate that depends on the plated latents mixes the
+    slices; the estimator must then perturb slices one at a time."""
+
+    def model():
+        with pyro.plate("data", 3):
+            z = pyro.sample("z", dist.Bernoulli(0.5))
+        # keepdim keeps the stack of perturbations left of the plate (as with enumeration)
+        mean = torch.tanh(z.sum(-1, keepdim=True) * 0.7)
+        pyro.sample("x", dist.Normal(mean, 0.5), obs=torch.tensor([0.4]))
+
+    def guide():
+        logits = pyro.param("logits", torch.tensor([0.2, -0.5, 1.0]))
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Bernoulli(logits=logits))
+
+    def exact_neg_elbo():
+        logits = pyro.param("logits")
+        total = 0.0
+        for bits in itertools.product([0.0, 1.0], repeat=3):
+            z = torch.tensor(bits)
+            log_q = dist.Bernoulli(logits=logits).log_prob(z).sum()
+            log_p = dist.Bernoulli(0.5).log_prob(z).sum() + dist.Normal(
+                torch.tanh(z.sum() * 0.7), 0.5
+            ).log_prob(torch.tensor(0.4))
+            total = total + log_q.exp() * (log_p - log_q)
+        return -total
+
+    guide()
+    params = [pyro.param("logits").unconstrained()]
+    exact = exact_gradient(exact_neg_elbo(), params)
+    samples = gradient_samples(TraceGO_ELBO(), model, guide, params, 1500)
+    assert_unbiased(samples, exact)
+
+
+# ------------------------------------------------------------- Pyro's handlers
+
+
+def test_scale_and_mask_are_honoured():
+    """poutine.scale multiplies every gradient; a masked observation contributes none."""
+    data = torch.tensor([1.0, 2.0])
+
+    def model(mask):
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Poisson(2.0))
+            with poutine.mask(mask=mask):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=data)
+
+    def guide(mask):
+        rate = pyro.param("rate", torch.tensor([1.5, 2.5]), constraint=dist.constraints.positive)
+        with pyro.plate("data", 2):
+            pyro.sample("z", dist.Poisson(rate))
+
+    guide(True)
+    rate = pyro.param("rate").unconstrained()
+
+    def grad(loss_fn, mask):
+        pyro.set_rng_seed(1)
+        return torch.autograd.grad(loss_fn(model, guide, mask), rate)[0]
+
+    plain = grad(TraceGO_ELBO().differentiable_loss, True)
+    scaled = grad(poutine.scale(TraceGO_ELBO().differentiable_loss, scale=3.0), True)
+    torch.testing.assert_close(scaled, 3 * plain)
+
+    mask = torch.tensor([True, False])
+    masked = grad(TraceGO_ELBO().differentiable_loss, mask)
+
+    def model_first_x_only(mask):
+        with pyro.plate("data", 2):
+            z = pyro.sample("z", dist.Poisson(2.0))
+        pyro.sample("x", dist.Normal(z[..., :1], 1.0), obs=data[:1])
+
+    pyro.set_rng_seed(1)
+    unmasked_equivalent = torch.autograd.grad(
+        TraceGO_ELBO().differentiable_loss(model_first_x_only, guide, True), rate
+    )[0]
+    torch.testing.assert_close(masked, unmasked_equivalent)
+    assert not torch.allclose(masked, plain)
+
+
+def test_loss_under_no_grad_and_module_parameters():
+    decoder = torch.nn.Linear(3, 5)
+
+    def model(data):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", data.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(3)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=data)
+
+    def guide(data):
+        logits = pyro.param("logits", torch.zeros(data.shape[0], 3))
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("z", dist.Bernoulli(logits=logits).to_event(1))
+
+    data = (torch.rand(4, 5) > 0.5).float()
+    svi = SVI(model, guide, Adam({"lr": 0.01}), TraceGO_ELBO())
+    with torch.no_grad():
+        assert isinstance(svi.evaluate_loss(data), float)
+    before = decoder.weight.detach().clone()
+    svi.step(data)
+    assert not torch.equal(before, decoder.weight.detach())
+    assert "decoder$$$weight" in pyro.get_param_store()
+
+
+# ----------------------------------------------------------------- drop-in SVI
+
+W_TRUE = torch.tensor([[2.0, -1.0, 0.5], [-1.5, 1.0, 2.0], [0.5, 2.0, -2.0], [1.0, 1.0, 1.0]])
+
+
+def sbn_model(data):
+    with pyro.plate("data", data.shape[0]):
+        z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(4)).to_event(1))
+        pyro.sample("x", dist.Normal(z @ W_TRUE, 0.3).to_event(1), obs=data)
+
+
+def sbn_guide(data):
+    logits = pyro.param("logits", torch.zeros(data.shape[0], 4))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("z", dist.Bernoulli(logits=logits).to_event(1))
+
+
+def sbn_exact_elbo(data):
+    logits = pyro.param("logits").detach()
+    total = 0.0
+    for bits in itertools.product([0.0, 1.0], repeat=4):
+        z = torch.tensor(bits)
+        log_q = dist.Bernoulli(logits=logits).log_prob(z).sum(-1)
+        log_p = dist.Bernoulli(0.5).log_prob(z).sum() + dist.Normal(z @ W_TRUE, 0.3).log_prob(data).sum(-1)
+        total = total + (log_q.exp() * (log_p - log_q)).sum()
+    return total.item()
+
+
+def test_drop_in_svi_converges_faster_than_trace_elbo():
+    generator = torch.Generator().manual_seed(0)
+    z_true = (torch.rand(20, 4, generator=generator) > 0.5).float()
+    data = z_true @ W_TRUE + 0.3 * torch.randn(20, 3, generator=generator)
+    results = {}
+    for name, loss in [("go", TraceGO_ELBO()), ("trace", Trace_ELBO())]:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        svi = SVI(sbn_model, sbn_guide, Adam({"lr": 0.1}), loss)
+        for _ in range(150):
+            svi.step(data)
+        results[name] = sbn_exact_elbo(data)
+    assert results["go"] > results["trace"] + 5.0, results
