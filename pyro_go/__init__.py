@@ -4,9 +4,9 @@ Swap :class:`pyro.infer.Trace_ELBO` for :class:`TraceGO_ELBO` to get unbiased,
 low-variance gradients through discrete and non-reparameterisable latent variables.
 """
 
-from pyro_go.distributions import get_go_rule, register_go_rule
+from pyro_go.distributions import get_go_rule, go_surrogate, register_go_rule
 from pyro_go.infer import TraceGO_ELBO
 
 __version__ = "0.1.0"
 
-__all__ = ["TraceGO_ELBO", "get_go_rule", "register_go_rule", "__version__"]
+__all__ = ["TraceGO_ELBO", "__version__", "get_go_rule", "go_surrogate", "register_go_rule"]

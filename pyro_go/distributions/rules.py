@@ -94,6 +94,16 @@ class DiscreteRule(GORule):
         """Variable-nabla ``g_η(y) = −∂_η Q(y) / q(y)`` for each named parameter η."""
         raise NotImplementedError
 
+    def carrier(self, fn, value: torch.Tensor) -> torch.Tensor:
+        """The gradient carrier ``ŷ`` of Algorithm 1: value ``y``, gradient w.r.t. the
+        parameters the variable-nabla ``g(y)``, to be paired with
+        ``D_y f = f(y + 1) − f(y)`` (raw GO form, Theorem 1)."""
+        ones = torch.ones(value.shape[: value.dim() - self.atom_dim], dtype=value.dtype)
+        term = self.surrogate(fn, value, ones.unsqueeze(0))
+        term = term.expand(ones.shape) if term.dim() else term * ones
+        labels = value.argmax(-1).to(value.dtype) if self.atom_dim else value
+        return labels + (term - _stop(term))
+
 
 class VariableNablaRule(DiscreteRule):
     """Raw GO form on ``{0, 1, 2, ...}``: alternative ``y + 1``, surrogate
@@ -261,6 +271,10 @@ class BernoulliLocal(DiscreteRule):
         probs = _stop(fn.probs)
         return {"probs": torch.where(value == 0, 1 / (1 - probs), torch.zeros_like(probs))}
 
+    def carrier(self, fn, value):
+        nabla = self.variable_nabla(fn, value)["probs"]
+        return value + _stop(nabla) * (fn.probs - _stop(fn.probs))
+
 
 def _categorical_probs(fn) -> torch.Tensor:
     return fn.probs
@@ -304,6 +318,9 @@ class CategoricalLocal(DiscreteRule):
     def variable_nabla(self, fn, value):
         return CATEGORICAL_RAW.variable_nabla(fn, value)
 
+    def carrier(self, fn, value):
+        return CATEGORICAL_RAW.carrier(fn, value)
+
 
 class OneHotCategoricalLocal(CategoricalLocal):
     """``OneHotCategorical(p)`` in the local form (see :class:`CategoricalLocal`)."""
@@ -318,6 +335,9 @@ class OneHotCategoricalLocal(CategoricalLocal):
 
     def variable_nabla(self, fn, value):
         return ONE_HOT_CATEGORICAL_RAW.variable_nabla(fn, value)
+
+    def carrier(self, fn, value):
+        return ONE_HOT_CATEGORICAL_RAW.carrier(fn, value)
 
 
 class CategoricalRaw(DiscreteRule):
