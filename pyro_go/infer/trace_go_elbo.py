@@ -12,12 +12,12 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.tracegraph_elbo import _construct_baseline
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
-from pyro.ops.provenance import ProvenanceTensor
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 
 from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 from pyro_go.infer.perturbation import DiscreteLeafSite, PerturbationReplay
+from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
 from pyro_go.poutine.go_sample_messenger import GOSampleMessenger
 
 
@@ -53,16 +53,7 @@ def _vectorized_frames(site) -> tuple:
 
 
 def _plain(value: torch.Tensor) -> torch.Tensor:
-    return _strip(value).detach()
-
-
-def _strip(value):
-    """``detach_provenance`` with a fast path for plain tensors."""
-    return value._t if isinstance(value, ProvenanceTensor) else value
-
-
-def _provenance(value) -> frozenset:
-    return value._provenance if isinstance(value, ProvenanceTensor) else frozenset()
+    return strip(value).detach()
 
 
 class TraceGO_ELBO(ELBO):
@@ -165,10 +156,11 @@ class TraceGO_ELBO(ELBO):
         """Runs the guide (GO sampling, provenance on discrete values), classifies its
         discrete sites as leaves or internal, and replays the model against it.
 
-        Provenance is stripped before the model runs, except from discrete *internal*
-        sites, whose score-function terms need to know which model terms they feed;
-        this keeps provenance tracking (a ``__torch_function__`` per op) off the hot
-        path of leaf-only guides.
+        Guide log-densities are computed from provenance-free values, so a guide site's
+        provenance names exactly the discrete sites its parameters depend on.  The model
+        is replayed with the tracked values, so each model term names the discrete
+        sites it depends on: that decides which terms enter ``D_y f``, the safety rule
+        for plates, and the Rao-Blackwellised costs of internal sites.
         """
         raw_guide_trace = poutine.trace(GOSampleMessenger(self.categorical_form)(guide)).get_trace(
             *args, **kwargs
@@ -184,11 +176,10 @@ class TraceGO_ELBO(ELBO):
         internal = self._internal_sites(guide_trace, discrete)
 
         replay_trace = raw_guide_trace
-        if internal:
+        if tracked:
             replay_trace = raw_guide_trace.copy()
-            for name in internal:
-                node = raw_guide_trace.nodes[name]
-                replay_trace.nodes[name] = dict(node, value=tracked[name])
+            for name, value in tracked.items():
+                replay_trace.nodes[name] = dict(raw_guide_trace.nodes[name], value=value)
         model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
             *args, **kwargs
         )
@@ -227,9 +218,7 @@ class TraceGO_ELBO(ELBO):
             gradient is the GO gradient estimate; call ``.backward()`` on it.
         :rtype: torch.Tensor
         """
-        surrogate_loss = 0.0
-        for particle in self._get_traces(model, guide, args, kwargs):
-            surrogate_loss = surrogate_loss + self._surrogate_loss(particle) / self.num_particles
+        surrogate_loss = self._differentiable_loss(model, guide, args, kwargs)
         warn_if_nan(surrogate_loss, "loss")
         return surrogate_loss
 
@@ -240,12 +229,18 @@ class TraceGO_ELBO(ELBO):
         :returns: an estimate of the negative ELBO.
         :rtype: float
         """
-        surrogate_loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        surrogate_loss = self._differentiable_loss(model, guide, args, kwargs)
         if torch.is_tensor(surrogate_loss) and surrogate_loss.requires_grad:
             surrogate_loss.backward(retain_graph=self.retain_graph)
         loss = torch_item(surrogate_loss)
         warn_if_nan(loss, "loss")
         return loss
+
+    def _differentiable_loss(self, model, guide, args, kwargs):
+        surrogate_loss = 0.0
+        for particle in self._get_traces(model, guide, args, kwargs):
+            surrogate_loss = surrogate_loss + self._surrogate_loss(particle) / self.num_particles
+        return surrogate_loss
 
     # ------------------------------------------------------------------ estimator
 
@@ -253,9 +248,9 @@ class TraceGO_ELBO(ELBO):
     def _elbo_value(particle: _Particle) -> float:
         elbo = 0.0
         for site in _sample_sites(particle.model_trace).values():
-            elbo += torch_item(_strip(site["log_prob_sum"]))
+            elbo += torch_item(strip(site["log_prob_sum"]))
         for site in _latent_sites(particle.guide_trace).values():
-            elbo -= torch_item(_strip(site["log_prob_sum"]))
+            elbo -= torch_item(strip(site["log_prob_sum"]))
         return elbo
 
     def _discrete_sites(self, guide_trace, tracked: dict) -> dict:
@@ -272,7 +267,7 @@ class TraceGO_ELBO(ELBO):
         discrete site's provenance."""
         children: dict[str, list[str]] = {}
         for name, site in _latent_sites(guide_trace).items():
-            for parent in _provenance(site["log_prob"]) & discrete.keys():
+            for parent in provenance_of(site["log_prob"]) & discrete.keys():
                 if parent != name:
                     children.setdefault(parent, []).append(name)
         for name, kids in children.items():
@@ -311,14 +306,12 @@ class TraceGO_ELBO(ELBO):
 
     def _leaf_sites(self, particle: _Particle, leaves: dict) -> tuple[list, dict]:
         """Layouts of the discrete leaf sites and, for each model site, the leaf sites it
-        may depend on: those sampled at or before it in the model's execution order."""
-        model_sites = list(_sample_sites(particle.model_trace))
-        position = {name: i for i, name in enumerate(model_sites)}
+        depends on (by provenance)."""
         dependents: dict[str, frozenset] = {}
-        for i, name in enumerate(model_sites):
-            sources = frozenset(s for s in leaves if position.get(s, len(model_sites)) <= i)
-            if sources:
-                dependents[name] = sources
+        for name, site in _sample_sites(particle.model_trace).items():
+            depends_on = provenance_of(site["log_prob"]) & leaves.keys()
+            if depends_on:
+                dependents[name] = frozenset(depends_on)
         layouts = []
         for name, rule in leaves.items():
             guide_site = particle.guide_trace.nodes[name]
@@ -373,10 +366,10 @@ class TraceGO_ELBO(ELBO):
         for name in internal:
             cost = MultiFrameTensor()
             for site in model_sites.values():
-                if name in _provenance(site["log_prob"]):
+                if name in provenance_of(site["log_prob"]):
                     cost.add((site["cond_indep_stack"], _plain(site["log_prob"])))
             for other, site in guide_sites.items():
-                if other == name or name in _provenance(site["log_prob"]):
+                if other == name or name in provenance_of(site["log_prob"]):
                     cost.add((site["cond_indep_stack"], -_plain(site["log_prob"])))
             guide_site = guide_sites[name]
             downstream_cost = cost.sum_to(guide_site["cond_indep_stack"])
@@ -386,13 +379,13 @@ class TraceGO_ELBO(ELBO):
             if use_baseline:
                 downstream_cost = downstream_cost - baseline
                 baseline_loss = baseline_loss + site_baseline_loss
-            score = _strip(guide_site["log_prob"])
+            score = strip(guide_site["log_prob"])
             surrogate = surrogate + (score * downstream_cost.detach()).sum()
         return surrogate, baseline_loss
 
     def _guide_term(self, site) -> torch.Tensor:
         """``log q`` of a continuous site, with its parameters held fixed if sticking."""
-        log_q = _strip(site["log_prob_sum"])
+        log_q = strip(site["log_prob_sum"])
         if not self.stick_the_landing:
             return log_q
         value = _plain(site["value"])
@@ -405,10 +398,10 @@ class TraceGO_ELBO(ELBO):
 
         surrogate_elbo = 0.0
         for site in _sample_sites(particle.model_trace).values():
-            surrogate_elbo = surrogate_elbo + _strip(site["log_prob_sum"])
+            surrogate_elbo = surrogate_elbo + strip(site["log_prob_sum"])
         for name, site in _latent_sites(guide_trace).items():
             if name in discrete:
-                surrogate_elbo = surrogate_elbo - _strip(site["log_prob_sum"]).detach()
+                surrogate_elbo = surrogate_elbo - strip(site["log_prob_sum"]).detach()
             else:
                 surrogate_elbo = surrogate_elbo - self._guide_term(site)
 

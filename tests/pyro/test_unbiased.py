@@ -53,12 +53,12 @@ def bernoulli_params():
     "options",
     [
         {},
-        {"num_particles": 3},
         {"num_particles": 3, "vectorize_particles": True},
-        {"vectorize_perturbations": False},
-        {"chunk_size": 2},
+        pytest.param({"num_particles": 3}, marks=pytest.mark.slow),
+        pytest.param({"vectorize_perturbations": False}, marks=pytest.mark.slow),
+        pytest.param({"chunk_size": 2}, marks=pytest.mark.slow),
     ],
-    ids=["default", "particles", "vectorized-particles", "unvectorized", "chunked"],
+    ids=["default", "vectorized-particles", "particles", "unvectorized", "chunked"],
 )
 def test_coupled_bernoulli_vector(options):
     params = bernoulli_params()
@@ -110,8 +110,16 @@ def categorical_exact_neg_elbo():
     return -total
 
 
-@pytest.mark.parametrize("one_hot", [False, True], ids=["categorical", "one-hot"])
-@pytest.mark.parametrize("form", ["local", "raw"])
+@pytest.mark.parametrize(
+    "one_hot, form",
+    [
+        (False, "local"),
+        (False, "raw"),
+        (True, "local"),
+        pytest.param(True, "raw", marks=pytest.mark.slow),
+    ],
+    ids=["categorical-local", "categorical-raw", "one-hot-local", "one-hot-raw"],
+)
 def test_categorical(one_hot, form):
     categorical_guide(one_hot)
     params = [pyro.param("cat_logits").unconstrained()]
