@@ -36,6 +36,7 @@ from pyro.poutine.trace_struct import Trace
 
 from pyro_go.distributions.registry import unwrap_distribution
 from pyro_go.distributions.rules import DiscreteRule
+from pyro_go.ops.provenance import strip
 
 
 @dataclass
@@ -281,7 +282,7 @@ class PerturbationReplay:
                     if hi > lo:
                         pieces[name].append(f[lo:hi])
         return {
-            site.name: site.delta(torch.cat(pieces[site.name]), base[site.name])
+            site.name: strip(site.delta(torch.cat(pieces[site.name]), base[site.name]))
             for site in self.sites
         }
 

@@ -340,6 +340,10 @@ class TraceGO_ELBO(ELBO):
         for name, node in _sample_sites(particle.raw_guide_trace).items():
             if torch.is_tensor(node["value"]):
                 plain_trace.nodes[name] = dict(node, value=_plain(node["value"]))
+        # latent model sites without a guide site keep their sampled value in replays
+        for name, node in _latent_sites(particle.model_trace).items():
+            if name not in plain_trace.nodes:
+                plain_trace.nodes[name] = dict(node, value=_plain(node["value"]))
         replay = PerturbationReplay(
             particle.model,
             plain_trace,

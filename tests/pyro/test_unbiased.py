@@ -22,8 +22,8 @@ OBS = torch.tensor(0.7)
 def bernoulli_model():
     prior_logits = pyro.param("prior_logits", torch.tensor([0.2, -0.4, 0.1, 0.3]))
     z = pyro.sample("z", dist.Bernoulli(logits=prior_logits).to_event(1))
-    mean = torch.tanh((z * WEIGHTS).sum(-1))
-    pyro.sample("x", dist.Normal(mean, 0.5), obs=OBS)
+    mean = torch.tanh((z * WEIGHTS.to(z.device)).sum(-1))
+    pyro.sample("x", dist.Normal(mean, 0.5), obs=OBS.to(z.device))
 
 
 def bernoulli_guide():
@@ -35,10 +35,11 @@ def bernoulli_exact_neg_elbo():
     prior_logits, logits = pyro.param("prior_logits"), pyro.param("logits")
     total = 0.0
     for bits in itertools.product([0.0, 1.0], repeat=4):
-        z = torch.tensor(bits)
+        z = torch.tensor(bits, device=logits.device)
         log_q = dist.Bernoulli(logits=logits).log_prob(z).sum()
         log_p = dist.Bernoulli(logits=prior_logits).log_prob(z).sum()
-        log_p = log_p + dist.Normal(torch.tanh((z * WEIGHTS).sum()), 0.5).log_prob(OBS)
+        mean = torch.tanh((z * WEIGHTS.to(z.device)).sum())
+        log_p = log_p + dist.Normal(mean, 0.5).log_prob(OBS.to(z.device))
         total = total + log_q.exp() * (log_p - log_q)
     return -total
 
