@@ -244,9 +244,7 @@ class GenericCountRule(VariableNablaRule):
                 continue
             if param.shape != head.shape:
                 continue  # only elementwise parameters give elementwise nablas
-            (grad,) = torch.autograd.grad(
-                head.sum(), param, retain_graph=True, allow_unused=True
-            )
+            (grad,) = torch.autograd.grad(head.sum(), param, retain_graph=True, allow_unused=True)
             if grad is not None:
                 nablas[name] = -grad
         return nablas

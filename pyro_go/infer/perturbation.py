@@ -116,11 +116,13 @@ class DiscreteLeafSite:
         event_dim = len(self.element_shape) - batch_dim
         diff = diff.reshape(diff.shape[:1] + diff.shape[diff.dim() - batch_dim :])
         diff = diff.reshape((diff.shape[0],) + diff.shape[1:] + (1,) * event_dim)
-        diff = diff.reshape(
-            (self.num_alternatives, self.num_coupled) + diff.shape[1:]
-        ).expand((self.num_alternatives, self.num_coupled) + self.element_shape)
+        diff = diff.reshape((self.num_alternatives, self.num_coupled) + diff.shape[1:]).expand(
+            (self.num_alternatives, self.num_coupled) + self.element_shape
+        )
         index = self.coupled_index().expand(self.element_shape)
-        index = index.unsqueeze(0).unsqueeze(0).expand((self.num_alternatives, 1) + self.element_shape)
+        index = (
+            index.unsqueeze(0).unsqueeze(0).expand((self.num_alternatives, 1) + self.element_shape)
+        )
         return diff.gather(1, index).squeeze(1)
 
 

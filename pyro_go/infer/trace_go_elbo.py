@@ -37,11 +37,7 @@ class _Particle:
 
 
 def _sample_sites(trace):
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-    }
+    return {name: site for name, site in trace.nodes.items() if site["type"] == "sample"}
 
 
 def _latent_sites(trace):
@@ -283,8 +279,10 @@ class TraceGO_ELBO(ELBO):
             "variables instead)"
         )
         if self.strict:
-            raise ValueError(message + ", or construct TraceGO_ELBO(strict=False) to fall "
-                             "back to the score-function estimator for this site.")
+            raise ValueError(
+                message + ", or construct TraceGO_ELBO(strict=False) to fall "
+                "back to the score-function estimator for this site."
+            )
         if name not in self._warned_sites:
             self._warned_sites.add(name)
             warnings.warn(

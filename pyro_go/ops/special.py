@@ -26,7 +26,9 @@ def head_weights(log_q_grid: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     :param value: the sampled counts ``y``, shape ``batch``.
     """
     grid = count_grid(value)
-    log_q_value = log_q_grid.gather(0, value.long().unsqueeze(0).expand((1,) + log_q_grid.shape[1:]))
+    log_q_value = log_q_grid.gather(
+        0, value.long().unsqueeze(0).expand((1,) + log_q_grid.shape[1:])
+    )
     inside = grid <= value
     log_ratio = torch.where(inside, log_q_grid - log_q_value, log_q_grid.new_tensor(-float("inf")))
     return log_ratio.exp()

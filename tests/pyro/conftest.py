@@ -55,9 +55,7 @@ def assert_unbiased(samples, exact, num_sigma=5.0, min_power=0.5):
     stderr = samples.std(0) / math.sqrt(samples.shape[0])
     error = (mean - exact).abs()
     tolerance = num_sigma * stderr + 1e-7 * exact.abs() + 1e-9
-    message = (
-        f"\nexact  {exact.tolist()}\nmean   {mean.tolist()}\nstderr {stderr.tolist()}"
-    )
+    message = f"\nexact  {exact.tolist()}\nmean   {mean.tolist()}\nstderr {stderr.tolist()}"
     assert (error < tolerance).all(), "biased gradient" + message
     biggest = exact.abs().argmax()
     assert num_sigma * stderr[biggest] < min_power * exact[biggest].abs(), (

@@ -117,7 +117,10 @@ def test_nan_loss_warns():
         pyro.factor("bad", torch.tensor(float("nan")))
 
     def guide():
-        pyro.sample("z", dist.Poisson(pyro.param("r", torch.tensor(2.0), constraint=dist.constraints.positive)))
+        pyro.sample(
+            "z",
+            dist.Poisson(pyro.param("r", torch.tensor(2.0), constraint=dist.constraints.positive)),
+        )
 
     pyro.enable_validation(False)  # validation would reject the factor before the loss
     with pytest.warns(UserWarning, match="Encountered NaN: loss"):
@@ -294,7 +297,9 @@ def sbn_exact_elbo(data):
     for bits in itertools.product([0.0, 1.0], repeat=4):
         z = torch.tensor(bits)
         log_q = dist.Bernoulli(logits=logits).log_prob(z).sum(-1)
-        log_p = dist.Bernoulli(0.5).log_prob(z).sum() + dist.Normal(z @ W_TRUE, 0.3).log_prob(data).sum(-1)
+        log_p = dist.Bernoulli(0.5).log_prob(z).sum() + dist.Normal(z @ W_TRUE, 0.3).log_prob(
+            data
+        ).sum(-1)
         total = total + (log_q.exp() * (log_p - log_q)).sum()
     return total.item()
 

@@ -50,7 +50,9 @@ def test_go_surrogate_categorical_raw_form_is_unbiased():
     (exact_grad,) = torch.autograd.grad(exact, logits)
     torch.manual_seed(0)
     samples = [
-        torch.autograd.grad(go_surrogate(GOCategorical(logits=logits), f, categorical_form="raw"), logits)[0]
+        torch.autograd.grad(
+            go_surrogate(GOCategorical(logits=logits), f, categorical_form="raw"), logits
+        )[0]
         for _ in range(3000)
     ]
     assert_unbiased(torch.stack(samples), exact_grad)

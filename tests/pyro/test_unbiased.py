@@ -106,7 +106,11 @@ def categorical_exact_neg_elbo():
     total = 0.0
     for a, b in itertools.product(range(4), repeat=2):
         lq = log_q[0, a] + log_q[1, b]
-        lp = prior[a] + prior[b] + dist.Normal(CAT_TABLE[0][a] * CAT_TABLE[1][b], 1.0).log_prob(torch.tensor(1.0))
+        lp = (
+            prior[a]
+            + prior[b]
+            + dist.Normal(CAT_TABLE[0][a] * CAT_TABLE[1][b], 1.0).log_prob(torch.tensor(1.0))
+        )
         total = total + lq.exp() * (lp - lq)
     return -total
 
@@ -149,17 +153,23 @@ def _truncated_neg_elbo(q, p, tail=1e-13):
 
 COUNT_CASES = {
     "poisson": (
-        lambda: dist.Poisson(pyro.param("rate", torch.tensor(3.0), constraint=constraints.positive)),
+        lambda: dist.Poisson(
+            pyro.param("rate", torch.tensor(3.0), constraint=constraints.positive)
+        ),
         lambda: dist.Poisson(torch.tensor(5.0)),
         ["rate"],
     ),
     "geometric": (
-        lambda: dist.Geometric(pyro.param("probs", torch.tensor(0.3), constraint=constraints.unit_interval)),
+        lambda: dist.Geometric(
+            pyro.param("probs", torch.tensor(0.3), constraint=constraints.unit_interval)
+        ),
         lambda: dist.Geometric(torch.tensor(0.2)),
         ["probs"],
     ),
     "binomial": (
-        lambda: dist.Binomial(10, pyro.param("probs", torch.tensor(0.3), constraint=constraints.unit_interval)),
+        lambda: dist.Binomial(
+            10, pyro.param("probs", torch.tensor(0.3), constraint=constraints.unit_interval)
+        ),
         lambda: dist.Binomial(10, torch.tensor(0.6)),
         ["probs"],
     ),
@@ -248,7 +258,11 @@ def test_continuous_site(family):
 
         def make_guide_fn():
             return dist.Gamma(
-                pyro.param("a", torch.tensor(2.0 if family == "gamma" else 0.3), constraint=constraints.positive),
+                pyro.param(
+                    "a",
+                    torch.tensor(2.0 if family == "gamma" else 0.3),
+                    constraint=constraints.positive,
+                ),
                 pyro.param("b", torch.tensor(1.0), constraint=constraints.positive),
             )
 
