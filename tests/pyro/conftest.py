@@ -1,8 +1,14 @@
 import math
+import os
 
 import pyro
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: the tests run small ops, and two workers
+    # with two threads each on two cores spend most of their time contending
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,30 @@
+"""The README's demo and the benchmark scripts run end to end (tiny settings)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_demo_prints_elbo_as_it_trains():
+    out = run("examples/discrete_vae.py", "--steps", "6", "--log-every", "2", "--batch-size", "20")
+    lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(lines) == 3, out
+    assert "validation ELBO per image" in out
+
+
+@pytest.mark.slow
+def test_vae_step_time_benchmark_quick():
+    out = run("benchmarks/vae_step_time.py", "--quick")
+    assert "TraceGO_ELBO" in out and "hand-written" in out
