@@ -45,7 +45,7 @@ def reference_nabla(make, params: dict, y: float, tail: int = 200000) -> dict:
     grads = torch.autograd.grad(cdf, [leaves[n] for n in names], allow_unused=True)
     q_y = log_q_y.exp().detach()
     return {
-        n: (-(g if g is not None else torch.zeros(())) / q_y).item() for n, g in zip(names, grads)
+        n: (-(g if g is not None else torch.zeros(())) / q_y).item() for n, g in zip(names, grads, strict=False)
     }
 
 
@@ -197,7 +197,7 @@ def test_generic_count_rule(case, y):
     carrier = rule.carrier(fn, torch.tensor(y, dtype=torch.float64))
     assert carrier.item() == y
     grads = torch.autograd.grad(carrier, list(leaves.values()))
-    for name, grad in zip(leaves, grads):
+    for name, grad in zip(leaves, grads, strict=False):
         assert grad.item() == pytest.approx(want[name], rel=1e-6, abs=1e-10), name
 
 
@@ -262,7 +262,7 @@ def test_cdf_surrogate(make, cdf_params, y):
     got = torch.autograd.grad(sample, list(leaves.values()))
     cdf_grads = torch.autograd.grad(fn.cdf(value), list(leaves.values()))
     density = fn.log_prob(value).exp()
-    for g, c in zip(got, cdf_grads):
+    for g, c in zip(got, cdf_grads, strict=False):
         assert g.item() == pytest.approx((-c / density).item(), rel=1e-10)
 
 
