@@ -44,9 +44,8 @@ def reference_nabla(make, params: dict, y: float, tail: int = 200000) -> dict:
     names = list(leaves)
     grads = torch.autograd.grad(cdf, [leaves[n] for n in names], allow_unused=True)
     q_y = log_q_y.exp().detach()
-    return {
-        n: (-(g if g is not None else torch.zeros(())) / q_y).item() for n, g in zip(names, grads, strict=False)
-    }
+    zero = torch.zeros((), dtype=torch.float64)
+    return {n: (-(zero if g is None else g) / q_y).item() for n, g in zip(names, grads, strict=True)}
 
 
 def code_nabla(fn, y: float, dtype=torch.float64) -> dict:
