@@ -45,7 +45,9 @@ def reference_nabla(make, params: dict, y: float, tail: int = 200000) -> dict:
     grads = torch.autograd.grad(cdf, [leaves[n] for n in names], allow_unused=True)
     q_y = log_q_y.exp().detach()
     zero = torch.zeros((), dtype=torch.float64)
-    return {n: (-(zero if g is None else g) / q_y).item() for n, g in zip(names, grads, strict=True)}
+    return {
+        n: (-(zero if g is None else g) / q_y).item() for n, g in zip(names, grads, strict=True)
+    }
 
 
 def code_nabla(fn, y: float, dtype=torch.float64) -> dict:
