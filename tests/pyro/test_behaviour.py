@@ -317,3 +317,27 @@ def test_drop_in_svi_converges_faster_than_trace_elbo():
             svi.step(data)
         results[name] = sbn_exact_elbo(data)
     assert results["go"] > results["trace"] + 5.0, results
+
+
+def test_obs_mask_imputes_missing_counts():
+    """``obs_mask`` splits a site into observed and unobserved parts; the unobserved
+    counts are discrete guide leaves that get GO gradients."""
+    data = torch.tensor([2.0, 0.0, 5.0, 1.0])
+    mask = torch.tensor([True, False, True, False])
+
+    def model():
+        rate = pyro.param("rate", torch.tensor(2.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", 4):
+            pyro.sample("x", dist.Poisson(rate), obs=data, obs_mask=mask)
+
+    def guide():
+        guess = pyro.param("guess", torch.tensor([1.0, 3.0]), constraint=dist.constraints.positive)
+        with pyro.plate("data", 4):
+            pyro.sample("x_unobserved", dist.Poisson(guess.repeat(2)))
+
+    svi = SVI(model, guide, Adam({"lr": 0.05}), TraceGO_ELBO())
+    before = pyro.param("guess", torch.tensor([1.0, 3.0]), constraint=dist.constraints.positive)
+    before = before.detach().clone()
+    for _ in range(3):
+        assert torch.isfinite(torch.tensor(svi.step()))
+    assert not torch.equal(before, pyro.param("guess").detach())
