@@ -63,11 +63,7 @@ def _has_cdf(fn: tdist.Distribution) -> bool:
 
 
 def _raw_form(rule: rules.GORule) -> rules.GORule:
-    if isinstance(rule, rules.OneHotCategoricalLocal):
-        return rules.ONE_HOT_CATEGORICAL_RAW
-    if isinstance(rule, rules.CategoricalLocal):
-        return rules.CATEGORICAL_RAW
-    return rule
+    return getattr(rule, "raw_form", rule)
 
 
 def get_go_rule(

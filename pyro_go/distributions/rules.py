@@ -278,13 +278,10 @@ def _categorical_probs(fn) -> torch.Tensor:
     return fn.probs
 
 
-class CategoricalLocal(DiscreteRule):
-    """``Categorical(p)`` in the local form: ``∇E[f] = E[Σ_v Σ_k ∇p_{vk} f(y_{−v}, k)]``
-    (the finite-support analogue of eq. 34).  ``K − 1`` alternatives per element;
-    ``Σ_k ∇p_{vk} = 0`` lets ``f(y)`` serve as the baseline."""
+class _LabelEncoding:
+    """Categorical values are labels ``0..K−1``."""
 
-    def num_alternatives(self, fn):
-        return _categorical_probs(fn).shape[-1] - 1
+    atom_dim = 0
 
     def _labels(self, value):
         return value.long()
@@ -292,36 +289,9 @@ class CategoricalLocal(DiscreteRule):
     def _encode(self, labels, like):
         return labels.to(like.dtype)
 
-    def alternatives(self, fn, value):
-        num_categories = _categorical_probs(fn).shape[-1]
-        labels = self._labels(value)
-        shifts = torch.arange(1, num_categories, device=value.device)
-        shifts = shifts.reshape((-1,) + (1,) * labels.dim())
-        return self._encode((labels + shifts) % num_categories, value)
 
-    def surrogate(self, fn, value, delta):
-        probs = _categorical_probs(fn)
-        num_categories = probs.shape[-1]
-        labels = self._labels(value)
-        shifts = torch.arange(1, num_categories, device=value.device)
-        shifts = shifts.reshape((-1,) + (1,) * labels.dim())
-        alternative = (labels + shifts) % num_categories
-        probs = probs.expand(alternative.shape[1:] + probs.shape[-1:])
-        probs = probs.unsqueeze(0).expand(alternative.shape + probs.shape[-1:])
-        alternative_probs = probs.gather(-1, alternative.unsqueeze(-1)).squeeze(-1)
-        possible = _stop(alternative_probs) > 0
-        delta = torch.where(possible, delta, delta.new_zeros(()))
-        return _stop(delta) * alternative_probs
-
-    def variable_nabla(self, fn, value):
-        return CATEGORICAL_RAW.variable_nabla(fn, value)
-
-    def carrier(self, fn, value):
-        return CATEGORICAL_RAW.carrier(fn, value)
-
-
-class OneHotCategoricalLocal(CategoricalLocal):
-    """``OneHotCategorical(p)`` in the local form (see :class:`CategoricalLocal`)."""
+class _OneHotEncoding:
+    """Categorical values are one-hot vectors (one atom spans the last dim)."""
 
     atom_dim = 1
 
@@ -331,23 +301,11 @@ class OneHotCategoricalLocal(CategoricalLocal):
     def _encode(self, labels, like):
         return torch.nn.functional.one_hot(labels, like.shape[-1]).to(like.dtype)
 
-    def variable_nabla(self, fn, value):
-        return ONE_HOT_CATEGORICAL_RAW.variable_nabla(fn, value)
 
-    def carrier(self, fn, value):
-        return ONE_HOT_CATEGORICAL_RAW.carrier(fn, value)
-
-
-class CategoricalRaw(DiscreteRule):
+class CategoricalRaw(_LabelEncoding, DiscreteRule):
     """``Categorical(p)`` in the raw GO form: ``Q(y) = Σ_{k≤y} p_k``,
     ``g = −∇Q(y)/p_y`` with ``D f = f(y+1) − f(y)`` (Theorem 1, appendix A.2).  One
     alternative per element; no term at ``y = K − 1``."""
-
-    def _labels(self, value):
-        return value.long()
-
-    def _encode(self, labels, like):
-        return labels.to(like.dtype)
 
     def alternatives(self, fn, value):
         num_categories = _categorical_probs(fn).shape[-1]
@@ -379,20 +337,51 @@ class CategoricalRaw(DiscreteRule):
         return {"probs": -below.to(probs.dtype) / mass}
 
 
-class OneHotCategoricalRaw(CategoricalRaw):
+class OneHotCategoricalRaw(_OneHotEncoding, CategoricalRaw):
     """``OneHotCategorical(p)`` in the raw GO form (see :class:`CategoricalRaw`)."""
 
-    atom_dim = 1
 
-    def _labels(self, value):
-        return value.argmax(-1)
+class CategoricalLocal(_LabelEncoding, DiscreteRule):
+    """``Categorical(p)`` in the local form: ``∇E[f] = E[Σ_v Σ_k ∇p_{vk} f(y_{−v}, k)]``
+    (the finite-support analogue of eq. 34).  ``K − 1`` alternatives per element;
+    ``Σ_k ∇p_{vk} = 0`` lets ``f(y)`` serve as the baseline.  ``variable_nabla`` and
+    ``carrier`` are those of the raw form (:attr:`raw_form`)."""
 
-    def _encode(self, labels, like):
-        return torch.nn.functional.one_hot(labels, like.shape[-1]).to(like.dtype)
+    raw_form: DiscreteRule = CategoricalRaw()
+
+    def num_alternatives(self, fn):
+        return _categorical_probs(fn).shape[-1] - 1
+
+    def _shifted_labels(self, fn, value):
+        num_categories = _categorical_probs(fn).shape[-1]
+        labels = self._labels(value)
+        shifts = torch.arange(1, num_categories, device=value.device)
+        return (labels + shifts.reshape((-1,) + (1,) * labels.dim())) % num_categories
+
+    def alternatives(self, fn, value):
+        return self._encode(self._shifted_labels(fn, value), value)
+
+    def surrogate(self, fn, value, delta):
+        probs = _categorical_probs(fn)
+        alternative = self._shifted_labels(fn, value)
+        probs = probs.expand(alternative.shape[1:] + probs.shape[-1:])
+        probs = probs.unsqueeze(0).expand(alternative.shape + probs.shape[-1:])
+        alternative_probs = probs.gather(-1, alternative.unsqueeze(-1)).squeeze(-1)
+        possible = _stop(alternative_probs) > 0
+        delta = torch.where(possible, delta, delta.new_zeros(()))
+        return _stop(delta) * alternative_probs
+
+    def variable_nabla(self, fn, value):
+        return self.raw_form.variable_nabla(fn, value)
+
+    def carrier(self, fn, value):
+        return self.raw_form.carrier(fn, value)
 
 
-CATEGORICAL_RAW = CategoricalRaw()
-ONE_HOT_CATEGORICAL_RAW = OneHotCategoricalRaw()
+class OneHotCategoricalLocal(_OneHotEncoding, CategoricalLocal):
+    """``OneHotCategorical(p)`` in the local form (see :class:`CategoricalLocal`)."""
+
+    raw_form: DiscreteRule = OneHotCategoricalRaw()
 
 
 def is_count_support(support) -> bool:

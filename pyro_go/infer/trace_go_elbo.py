@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from pyro import poutine
@@ -12,6 +13,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.tracegraph_elbo import _construct_baseline
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 
@@ -21,19 +23,20 @@ from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
 from pyro_go.poutine.go_sample_messenger import GOSampleMessenger
 
 
+@dataclass
 class _Particle:
-    """Traces of one particle plus what a perturbation replay needs."""
+    """Traces of one particle, the classification of its discrete guide sites, and what
+    a perturbation replay needs."""
 
-    def __init__(self, model, model_trace, guide_trace, raw_guide_trace, args, kwargs):
-        self.model = model
-        self.model_trace = model_trace
-        self.guide_trace = guide_trace
-        self.raw_guide_trace = raw_guide_trace
-        self.args = args
-        self.kwargs = kwargs
-        self.discrete: dict = {}
-        self.internal: dict[str, list[str]] = {}
-        self.leaves: dict = {}
+    model: Callable
+    model_trace: Trace
+    guide_trace: Trace
+    raw_guide_trace: Trace
+    args: tuple
+    kwargs: dict
+    discrete: dict = field(default_factory=dict)
+    internal: dict[str, list[str]] = field(default_factory=dict)
+    leaves: dict = field(default_factory=dict)
 
 
 def _sample_sites(trace):

@@ -206,9 +206,9 @@ def test_generic_count_rule(case, y):
 def test_categorical_raw(labels):
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     y = torch.tensor(labels)
-    got = go_rules.CATEGORICAL_RAW.variable_nabla(dist.Categorical(probs), y)["probs"]
+    got = go_rules.CategoricalRaw().variable_nabla(dist.Categorical(probs), y)["probs"]
     one_hot = dist.OneHotCategorical(probs)
-    got_one_hot = go_rules.ONE_HOT_CATEGORICAL_RAW.variable_nabla(
+    got_one_hot = go_rules.OneHotCategoricalRaw().variable_nabla(
         one_hot, torch.nn.functional.one_hot(y, 4).double()
     )["probs"]
     for row, label in enumerate(labels):
