@@ -28,3 +28,14 @@ def test_demo_prints_elbo_as_it_trains():
 def test_vae_step_time_benchmark_quick():
     out = run("benchmarks/vae_step_time.py", "--quick")
     assert "TraceGO_ELBO" in out and "hand-written" in out
+
+
+@pytest.mark.slow
+def test_variance_toys_benchmark_reaches_the_go_floor():
+    out = run("benchmarks/variance_toys.py", "--quick")
+    mismatches = [
+        float(line.split("max abs diff vs TraceGO_ELBO ")[1].split()[0])
+        for line in out.splitlines()
+        if "max abs diff vs TraceGO_ELBO" in line
+    ]
+    assert len(mismatches) == 16 and max(mismatches) < 1e-9, out
