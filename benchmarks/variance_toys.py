@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
+from tqdm import tqdm
 
 from pyro_go import TraceGO_ELBO
 from pyro_go.ops.special import negative_binomial_total_count_nabla
@@ -258,7 +260,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = []
-    for toy in TOYS:
+    for toy in tqdm(TOYS, desc="toys", disable=not sys.stderr.isatty()):
         rows.extend(run_toy(toy, samples, args.seed))
     text = "\n".join(header + rows) + f"\n\nWall time: {time.perf_counter() - start:.0f} s\n"
     print(text)

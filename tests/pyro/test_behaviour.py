@@ -341,3 +341,36 @@ def test_obs_mask_imputes_missing_counts():
     for _ in range(3):
         assert torch.isfinite(torch.tensor(svi.step()))
     assert not torch.equal(before, pyro.param("guess").detach())
+
+
+def test_sequential_plate_sites_are_stacked_in_one_replay():
+    data = [torch.tensor(0.3), torch.tensor(1.4)]
+
+    def model():
+        for i in pyro.plate("seq", 2):
+            z = pyro.sample(f"z_{i}", dist.Bernoulli(0.3))
+            pyro.sample(f"x_{i}", dist.Normal(2 * z, 1.0), obs=data[i])
+
+    def guide():
+        probs = pyro.param(
+            "seq_probs", torch.tensor([0.6, 0.4]), constraint=dist.constraints.unit_interval
+        )
+        for i in pyro.plate("seq", 2):
+            pyro.sample(f"z_{i}", dist.Bernoulli(probs[i]))
+
+    def exact_neg_elbo():
+        probs = pyro.param("seq_probs")
+        total = 0.0
+        for i in range(2):
+            for b in (0.0, 1.0):
+                z = torch.tensor(b)
+                log_q = dist.Bernoulli(probs[i]).log_prob(z)
+                log_p = dist.Bernoulli(0.3).log_prob(z) + dist.Normal(2 * z, 1.0).log_prob(data[i])
+                total = total + log_q.exp() * (log_p - log_q)
+        return -total
+
+    guide()
+    params = [pyro.param("seq_probs").unconstrained()]
+    exact = exact_gradient(exact_neg_elbo(), params)
+    samples = gradient_samples(TraceGO_ELBO(), model, guide, params, 1000)
+    assert_unbiased(samples, exact)
