@@ -289,15 +289,16 @@ class PerturbationReplay:
         }
 
     def _values_for(self, start: int, stop: int) -> tuple[dict[str, torch.Tensor], int]:
+        """Values of the sites perturbed in global entries ``start..stop-1`` (all sites
+        in the chunk that holds the base entry 0), stacked left of every plate."""
         num = stop - start
         values = {}
         for site in self.sites:
-            if start == 0 or self._site_values(site, start, stop) is not None:
-                stacked = self._site_values(site, start, stop)
-                if stacked is None:
-                    stacked = site.value.unsqueeze(0).expand((num,) + site.value.shape)
-                batch_dim = len(site.guide_site["fn"].batch_shape)
-                values[site.name] = (
-                    self._stack(stacked, batch_dim) if self.vectorize else stacked[0]
-                )
+            stacked = self._site_values(site, start, stop)
+            if stacked is None:
+                if start != 0:
+                    continue
+                stacked = site.value.unsqueeze(0).expand((num,) + site.value.shape)
+            batch_dim = len(site.guide_site["fn"].batch_shape)
+            values[site.name] = self._stack(stacked, batch_dim) if self.vectorize else stacked[0]
         return values, num
