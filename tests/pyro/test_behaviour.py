@@ -374,3 +374,37 @@ def test_sequential_plate_sites_are_stacked_in_one_replay():
     exact = exact_gradient(exact_neg_elbo(), params)
     samples = gradient_samples(TraceGO_ELBO(), model, guide, params, 1000)
     assert_unbiased(samples, exact)
+
+
+def test_top_of_finite_support_and_impossible_categories():
+    """At y = n (Binomial) the raw GO term vanishes and y + 1 is never evaluated; a
+    category of probability zero is never an alternative worth a NaN."""
+
+    def model():
+        pyro.sample("k", dist.Binomial(3, torch.tensor(0.5)))
+        pyro.sample("c", dist.Categorical(torch.tensor([0.2, 0.3, 0.5])))
+
+    def guide():
+        p = pyro.param("p", torch.tensor(0.97), constraint=dist.constraints.unit_interval)
+        logits = pyro.param("logits", torch.tensor([0.0, 1.0, -float("inf")]))
+        pyro.sample("k", dist.Binomial(3, p))
+        pyro.sample("c", dist.Categorical(logits=logits))
+
+    def exact_neg_elbo():
+        p = pyro.param("p")
+        probs = torch.softmax(pyro.param("logits"), -1)[:2]
+        total = 0.0
+        for k in range(4):
+            log_q = dist.Binomial(3, p).log_prob(torch.tensor(float(k)))
+            log_p = dist.Binomial(3, torch.tensor(0.5)).log_prob(torch.tensor(float(k)))
+            total = total + log_q.exp() * (log_p - log_q)
+        prior = torch.tensor([0.2, 0.3])
+        return -(total + (probs * (prior.log() - probs.log())).sum())
+
+    guide()
+    params = [pyro.param("p").unconstrained(), pyro.param("logits").unconstrained()]
+    exact = exact_gradient(exact_neg_elbo(), params)
+    samples = gradient_samples(TraceGO_ELBO(), model, guide, params, 1500)
+    assert torch.isfinite(samples).all()
+    assert_unbiased(samples[:, :3], exact[:3])
+    assert (samples[:, 3] == 0).all()
