@@ -148,6 +148,9 @@ class TraceGO_ELBO(ELBO):
         self.chunk_size = chunk_size
         self.stick_the_landing = stick_the_landing
         self._warned_sites: set[str] = set()
+        #: model replays' stack size (perturbations + 1 base entry) summed over the
+        #: particles of the last estimate: the cost of ``D_y f`` in model evaluations
+        self.last_num_evaluations = 0
 
     # ------------------------------------------------------------------ traces
 
@@ -236,6 +239,7 @@ class TraceGO_ELBO(ELBO):
         return loss
 
     def _differentiable_loss(self, model, guide, args, kwargs):
+        self.last_num_evaluations = 0
         surrogate_loss = 0.0
         for particle in self._get_traces(model, guide, args, kwargs):
             surrogate_loss = surrogate_loss + self._surrogate_loss(particle) / self.num_particles
@@ -355,6 +359,7 @@ class TraceGO_ELBO(ELBO):
             self.chunk_size,
         )
         deltas = replay.deltas(particle.args, particle.kwargs)
+        self.last_num_evaluations += replay.num_entries
         total = 0.0
         for layout in layouts:
             base_fn = unwrap_distribution(layout.guide_site["fn"])
