@@ -25,6 +25,7 @@ computed by the same kernels.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ from pyro.poutine.trace_struct import Trace
 
 from pyro_go.distributions.registry import unwrap_distribution
 from pyro_go.distributions.rules import DiscreteRule
+from pyro_go.infer.linear_absorption import AbsorbLinear, OneCoordinateStack
 from pyro_go.ops.provenance import strip
 
 
@@ -81,6 +83,14 @@ class DiscreteLeafSite:
     @property
     def num_entries(self) -> int:
         return self.num_alternatives * self.num_coupled
+
+    @property
+    def perturbs_last_dim_only(self) -> bool:
+        """Whether every entry changes one coordinate of the last dim (the same one in
+        all plate slices), so that linear layers can absorb it."""
+        last = len(self.element_shape) - 1
+        coupled = [d for d in range(len(self.element_shape)) if d not in self.independent_dims]
+        return self.rule.atom_dim == 0 and coupled == [last]
 
     def coupled_index(self) -> torch.Tensor:
         """Flat index of each element's coupled position, broadcastable to
@@ -157,6 +167,7 @@ class PerturbationReplay:
         depth: int,
         vectorize: bool,
         chunk_size: int | None,
+        absorb_linear: bool = True,
     ) -> None:
         self.model = model
         self.guide_trace = guide_trace
@@ -165,6 +176,7 @@ class PerturbationReplay:
         self.depth = depth
         self.vectorize = vectorize
         self.chunk_size = chunk_size if vectorize else 1
+        self.absorb_linear = absorb_linear and vectorize
         offset = 1  # entry 0 is the unperturbed sample
         for site in sites:
             site.offset = offset
@@ -205,10 +217,16 @@ class PerturbationReplay:
         trace = self.guide_trace.copy()
         for name, value in values.items():
             trace.nodes[name] = dict(trace.nodes[name], value=value)
+        stacks = [
+            OneCoordinateStack.from_dense(value, self._by_name[name].value)
+            for name, value in values.items()
+            if self.absorb_linear and self._by_name[name].perturbs_last_dim_only
+        ]
         try:
-            return poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
-                *self.args, **self.kwargs
-            )
+            with AbsorbLinear(stacks) if stacks else contextlib.nullcontext():
+                return poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
+                    *self.args, **self.kwargs
+                )
         except (RuntimeError, ValueError, IndexError) as error:
             raise ValueError(
                 "TraceGO_ELBO could not replay the model over a stack of perturbed "

@@ -103,6 +103,11 @@ class TraceGO_ELBO(ELBO):
         ``None`` for all at once.
     :param bool stick_the_landing: hold guide parameters fixed inside ``log q`` [2]
         (default ``True``); ``False`` keeps the zero-mean score terms of continuous sites.
+    :param bool absorb_linear: when a perturbed value goes straight into
+        ``F.linear``/``nn.Linear`` or ``@`` with a matrix, compute
+        ``L(z) + d_j W[:, i_j]`` instead of the product over the whole stack (appendix
+        I's trick, generic; :mod:`pyro_go.infer.linear_absorption`).  Same gradients up to
+        float rounding; ``False`` turns it off.
 
     **References**
 
@@ -128,6 +133,7 @@ class TraceGO_ELBO(ELBO):
         vectorize_perturbations: bool = True,
         chunk_size: int | None = None,
         stick_the_landing: bool = True,
+        absorb_linear: bool = True,
     ) -> None:
         super().__init__(
             num_particles=num_particles,
@@ -147,6 +153,7 @@ class TraceGO_ELBO(ELBO):
         self.vectorize_perturbations = vectorize_perturbations
         self.chunk_size = chunk_size
         self.stick_the_landing = stick_the_landing
+        self.absorb_linear = absorb_linear
         self._warned_sites: set[str] = set()
         #: model replays' stack size (perturbations + 1 base entry) summed over the
         #: particles of the last estimate: the cost of ``D_y f`` in model evaluations
@@ -357,6 +364,7 @@ class TraceGO_ELBO(ELBO):
             self._depth(particle),
             self.vectorize_perturbations,
             self.chunk_size,
+            self.absorb_linear,
         )
         deltas = replay.deltas(particle.args, particle.kwargs)
         self.last_num_evaluations += replay.num_entries

@@ -1,0 +1,99 @@
+"""Absorbing perturbations into linear layers changes speed, not gradients."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_go import TraceGO_ELBO
+from pyro_go.infer import linear_absorption
+
+LATENTS, PIXELS = 6, 16
+
+
+def make_decoder(kind: str) -> nn.Module:
+    torch.manual_seed(1)
+    if kind == "linear":
+        return nn.Linear(LATENTS, PIXELS)
+    if kind == "nonlinear":
+        return nn.Sequential(nn.Linear(LATENTS, 8), nn.Tanh(), nn.Linear(8, PIXELS))
+    if kind == "matmul":
+        weight = nn.Parameter(torch.randn(LATENTS, PIXELS))
+
+        class MatMul(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.weight = weight
+
+            def forward(self, z):
+                return z @ self.weight
+
+        return MatMul()
+
+    class Convolutional(nn.Module):  # a first consumer that is not linear
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(1, 2, 3, padding=1)
+            self.out = nn.Linear(2 * LATENTS, PIXELS)
+
+        def forward(self, z):
+            h = self.conv(z.reshape(-1, 1, LATENTS)).reshape(z.shape[:-1] + (2 * LATENTS,))
+            return self.out(torch.tanh(h))
+
+    return Convolutional()
+
+
+def vae(decoder: nn.Module):
+    encoder = nn.Linear(PIXELS, LATENTS)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(0.3 * torch.ones(LATENTS)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(logits=encoder(x)).to_event(1))
+
+    return model, guide, list(encoder.parameters()) + list(decoder.parameters())
+
+
+@pytest.mark.parametrize("kind", ["linear", "nonlinear", "matmul", "convolutional"])
+def test_absorption_on_and_off_give_the_same_gradients(kind, monkeypatch):
+    hits = []
+    original = linear_absorption.AbsorbLinear.__exit__
+
+    def record_hits(self, *exc):
+        hits.append(self.hits)
+        return original(self, *exc)
+
+    monkeypatch.setattr(linear_absorption.AbsorbLinear, "__exit__", record_hits)
+    model, guide, params = vae(make_decoder(kind))
+    x = (torch.rand(5, PIXELS) > 0.5).float()
+    grads = {}
+    for absorb in (True, False):
+        pyro.set_rng_seed(7)
+        loss = TraceGO_ELBO(absorb_linear=absorb).differentiable_loss(model, guide, x)
+        grads[absorb] = torch.autograd.grad(loss, params)
+    for on, off in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-5)
+    expected_hits = 0 if kind == "convolutional" else 1
+    assert hits == [expected_hits]
+
+
+def test_structure_is_read_off_the_stack():
+    base = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    stacked = base.expand(3, 2, 3).clone()
+    stacked[1, :, 2] = 1 - base[:, 2]
+    stacked[2, :, 0] = 1 - base[:, 0]
+    stack = linear_absorption.OneCoordinateStack.from_dense(stacked, base)
+    assert stack.index[1:].tolist() == [2, 0]
+    torch.testing.assert_close(stack.delta[1:], torch.tensor([[-1.0, 1.0], [1.0, -1.0]]))
+    weight = torch.randn(4, 3)
+    with linear_absorption.AbsorbLinear([stack]) as mode:
+        fast = torch.nn.functional.linear(stacked, weight)
+    assert mode.hits == 1
+    torch.testing.assert_close(fast, torch.nn.functional.linear(stacked, weight))
