@@ -87,19 +87,3 @@ class GOZeroInflatedNegativeBinomial(GOMixin, dist.ZeroInflatedNegativeBinomial)
 
 class GOBetaBinomial(GOMixin, dist.BetaBinomial):
     """:class:`pyro.distributions.BetaBinomial` with GO methods (generic rule)."""
-
-
-__all__ = [
-    "GOBernoulli",
-    "GOBetaBinomial",
-    "GOBinomial",
-    "GOCategorical",
-    "GOGammaPoisson",
-    "GOGeometric",
-    "GOMixin",
-    "GONegativeBinomial",
-    "GOOneHotCategorical",
-    "GOPoisson",
-    "GOZeroInflatedNegativeBinomial",
-    "GOZeroInflatedPoisson",
-]

@@ -128,11 +128,11 @@ class VariableNablaRule(DiscreteRule):
             alternative = torch.where(top, value, alternative)
         return alternative.unsqueeze(0)
 
+    parameter_names: tuple[str, ...] = ()
+
     def parameters(self, fn) -> dict[str, torch.Tensor]:
         """Differentiable parameter tensors that :meth:`variable_nabla` refers to."""
         return {name: getattr(fn, name) for name in self.parameter_names}
-
-    parameter_names: tuple[str, ...] = ()
 
     def mask_delta(self, fn, value, delta):
         top = self.at_top(fn, value)
@@ -248,9 +248,6 @@ class GenericCountRule(VariableNablaRule):
             if grad is not None:
                 nablas[name] = -grad
         return nablas
-
-    def parameters(self, fn):
-        return {name: getattr(fn, name) for name in fn.arg_constraints}
 
 
 class BernoulliLocal(DiscreteRule):

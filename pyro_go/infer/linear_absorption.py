@@ -29,18 +29,6 @@ class OneCoordinateStack:
     index: torch.Tensor
     delta: torch.Tensor
 
-    @classmethod
-    def from_dense(cls, stacked: torch.Tensor, base: torch.Tensor) -> OneCoordinateStack:
-        """Reads the structure off a dense stack known to have it."""
-        diff = stacked - base
-        middle = tuple(range(1, diff.dim() - 1))
-        per_coordinate = diff.abs().sum(middle) if middle else diff.abs()  # [n, K]
-        index = per_coordinate.argmax(-1)
-        gather_index = index.reshape((-1,) + (1,) * (diff.dim() - 1))
-        gather_index = gather_index.expand(diff.shape[:-1] + (1,))
-        delta = diff.gather(-1, gather_index).squeeze(-1)
-        return cls(stacked, base, index, delta)
-
     def columns_times_delta(self, columns: torch.Tensor) -> torch.Tensor:
         """``delta[j] * columns[index[j]]`` broadcast to ``[n, *pad, *batch, out]``."""
         chosen = columns[self.index]  # [n, out]

@@ -101,20 +101,34 @@ class DiscreteLeafSite:
         ]
         return torch.arange(self.num_coupled, device=self.value.device).reshape(shape)
 
+    def _entry_positions(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alternative index and coupled position of local entries ``start..stop-1``."""
+        entries = torch.arange(start, stop, device=self.value.device)
+        return entries // self.num_coupled, entries % self.num_coupled
+
+    def _alternatives(self) -> torch.Tensor:
+        alternatives = self.rule.alternatives(self.base_fn, self.value)
+        return alternatives.expand((alternatives.shape[0],) + self.value.shape)
+
     def perturbed_values(self, start: int, stop: int) -> torch.Tensor:
         """Values for this site's local stack entries ``start..stop-1``, shape
         ``[stop - start, *value.shape]``."""
-        entries = torch.arange(start, stop, device=self.value.device)
-        alternative_index = entries // self.num_coupled
-        coupled_position = entries % self.num_coupled
-        alternatives = self.rule.alternatives(self.base_fn, self.value)
-        alternatives = alternatives.expand((alternatives.shape[0],) + self.value.shape)
-        chosen = alternatives[alternative_index]
+        alternative_index, coupled_position = self._entry_positions(start, stop)
+        chosen = self._alternatives()[alternative_index]
         index = self.coupled_index()
         selected = index.unsqueeze(0) == coupled_position.reshape((-1,) + (1,) * index.dim())
         for _ in range(self.rule.atom_dim):
             selected = selected.unsqueeze(-1)
         return torch.where(selected, chosen, self.value.unsqueeze(0))
+
+    def coordinate_changes(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a site that :attr:`perturbs_last_dim_only`: the coordinate of the last dim
+        that local entries ``start..stop-1`` change (``[n]``) and by how much in each
+        slice (``[n, *value.shape[:-1]]``), without building the entries."""
+        alternative_index, coordinate = self._entry_positions(start, stop)
+        chosen = self._alternatives()[alternative_index, ..., coordinate]  # [n, *batch]
+        current = self.value.index_select(-1, coordinate).movedim(-1, 0)
+        return coordinate, chosen - current
 
     def delta(self, f_entries: torch.Tensor, f_base: torch.Tensor) -> torch.Tensor:
         """Spread per-entry differences over elements: returns ``Δ`` of shape
@@ -197,31 +211,28 @@ class PerturbationReplay:
             )
         return value.reshape(value.shape[:1] + (1,) * extra + value.shape[1:])
 
-    def _site_values(self, site: DiscreteLeafSite, start: int, stop: int) -> torch.Tensor | None:
-        """Values of ``site`` for global entries ``start..stop-1``, or ``None`` if all are
-        the base value."""
+    def _local_range(self, site: DiscreteLeafSite, start: int, stop: int):
+        """``(lo, hi, before, after)``: the site's own local entries within global entries
+        ``start..stop-1`` and how many base entries precede and follow them; ``None`` if
+        the chunk holds none of its entries."""
         lo, hi = max(start, site.offset), min(stop, site.offset + site.num_entries)
         if lo >= hi:
             return None
-        own = site.perturbed_values(lo - site.offset, hi - site.offset)
-        before = lo - start
-        after = stop - hi
-        base = site.value.unsqueeze(0)
-        pieces = [base.expand((before,) + site.value.shape)] if before else []
+        return lo - site.offset, hi - site.offset, lo - start, stop - hi
+
+    @staticmethod
+    def _pad_entries(own: torch.Tensor, fill: torch.Tensor, before: int, after: int):
+        """``own`` with ``before``/``after`` copies of ``fill`` around it on dim 0."""
+        pieces = [fill.expand((before,) + fill.shape)] if before else []
         pieces.append(own)
         if after:
-            pieces.append(base.expand((after,) + site.value.shape))
+            pieces.append(fill.expand((after,) + fill.shape))
         return torch.cat(pieces) if len(pieces) > 1 else own
 
-    def _replay(self, values: dict[str, torch.Tensor]) -> Trace:
+    def _replay(self, values: dict[str, torch.Tensor], stacks: list) -> Trace:
         trace = self.guide_trace.copy()
         for name, value in values.items():
             trace.nodes[name] = dict(trace.nodes[name], value=value)
-        stacks = [
-            OneCoordinateStack.from_dense(value, self._by_name[name].value)
-            for name, value in values.items()
-            if self.absorb_linear and self._by_name[name].perturbs_last_dim_only
-        ]
         try:
             with AbsorbLinear(stacks) if stacks else contextlib.nullcontext():
                 return poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
@@ -251,10 +262,10 @@ class PerturbationReplay:
                 "TraceGO_ELBO(vectorize_perturbations=False)."
             )
 
-    def _log_f(self, values: dict, num: int) -> dict[str, torch.Tensor]:
+    def _log_f(self, values: dict, stacks: list, num: int) -> dict[str, torch.Tensor]:
         """``f`` terms that change, summed to each perturbed site's independent plates:
         site name -> ``[num, *kept]``."""
-        model_trace = self._replay(values)
+        model_trace = self._replay(values, stacks)
         totals: dict[str, torch.Tensor] = {}
         for name, node in model_trace.nodes.items():
             if node["type"] != "sample" or isinstance(node["fn"], _Subsample):
@@ -290,8 +301,8 @@ class PerturbationReplay:
         base: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for start, stop in self._chunks():
-                values, num = self._values_for(start, stop)
-                totals = self._log_f(values, num)
+                values, stacks, num = self._values_for(start, stop)
+                totals = self._log_f(values, stacks, num)
                 for name in values:
                     f = totals[name].expand((num,) + totals[name].shape[1:])
                     site = self._by_name[name]
@@ -306,17 +317,34 @@ class PerturbationReplay:
             for site in self.sites
         }
 
-    def _values_for(self, start: int, stop: int) -> tuple[dict[str, torch.Tensor], int]:
+    def _values_for(self, start: int, stop: int) -> tuple[dict, list, int]:
         """Values of the sites perturbed in global entries ``start..stop-1`` (all sites
-        in the chunk that holds the base entry 0), stacked left of every plate."""
+        in the chunk that holds the base entry 0), stacked left of every plate, and the
+        one-coordinate structure of those that linear layers may absorb."""
         num = stop - start
-        values = {}
+        values, stacks = {}, []
         for site in self.sites:
-            stacked = self._site_values(site, start, stop)
-            if stacked is None:
-                if start != 0:
-                    continue
-                stacked = site.value.unsqueeze(0).expand((num,) + site.value.shape)
+            local = self._local_range(site, start, stop)
+            if local is None and start != 0:
+                continue
+            lo, hi, before, after = local if local is not None else (0, 0, num, 0)
+            base = site.value
+            own = site.perturbed_values(lo, hi)
+            stacked = self._pad_entries(own, base, before, after)
             batch_dim = len(site.guide_site["fn"].batch_shape)
-            values[site.name] = self._stack(stacked, batch_dim) if self.vectorize else stacked[0]
-        return values, num
+            if not self.vectorize:
+                values[site.name] = stacked[0]
+                continue
+            values[site.name] = self._stack(stacked, batch_dim)
+            if self.absorb_linear and site.perturbs_last_dim_only:
+                coordinate, change = site.coordinate_changes(lo, hi)
+                coordinate = self._pad_entries(coordinate, coordinate.new_zeros(()), before, after)
+                change = self._pad_entries(
+                    change, change.new_zeros(()).expand(change.shape[1:]), before, after
+                )
+                stacks.append(
+                    OneCoordinateStack(
+                        values[site.name], base, coordinate, self._stack(change, batch_dim)
+                    )
+                )
+        return values, stacks, num

@@ -84,14 +84,25 @@ def test_absorption_on_and_off_give_the_same_gradients(kind, monkeypatch):
     assert hits == [expected_hits]
 
 
-def test_structure_is_read_off_the_stack():
+def test_one_coordinate_structure_matches_the_stacked_values():
+    """The structure a site reports equals what its dense entries show."""
+    from pyro_go.distributions import get_go_rule
+    from pyro_go.infer.perturbation import DiscreteLeafSite
+
     base = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    stacked = base.expand(3, 2, 3).clone()
-    stacked[1, :, 2] = 1 - base[:, 2]
-    stacked[2, :, 0] = 1 - base[:, 0]
-    stack = linear_absorption.OneCoordinateStack.from_dense(stacked, base)
-    assert stack.index[1:].tolist() == [2, 0]
-    torch.testing.assert_close(stack.delta[1:], torch.tensor([[-1.0, 1.0], [1.0, -1.0]]))
+    fn = dist.Bernoulli(0.5 * torch.ones(2, 3)).to_event(1)
+    frame = pyro.poutine.indep_messenger.CondIndepStackFrame("data", -1, 2, 0)
+    site = DiscreteLeafSite("z", get_go_rule(fn), {"fn": fn}, base, (frame,))
+    assert site.perturbs_last_dim_only
+    stacked = site.perturbed_values(0, 3)
+    index, delta = site.coordinate_changes(0, 3)
+    assert index.tolist() == [0, 1, 2]
+    torch.testing.assert_close(delta, torch.tensor([[1.0, -1.0], [-1.0, 1.0], [-1.0, 1.0]]))
+    for j in range(3):
+        expected = base.clone()
+        expected[:, index[j]] += delta[j]
+        torch.testing.assert_close(stacked[j], expected)
+    stack = linear_absorption.OneCoordinateStack(stacked, base, index, delta)
     weight = torch.randn(4, 3)
     with linear_absorption.AbsorbLinear([stack]) as mode:
         fast = torch.nn.functional.linear(stacked, weight)
