@@ -27,71 +27,18 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO
 from tqdm import tqdm
 
 from pyro_go import TraceGO_ELBO
+from pyro_go.contrib.gradient_toys import TOYS, Toy, exact_kl, set_guide_params
 from pyro_go.ops.special import negative_binomial_total_count_nabla
 
 RESULTS = Path(__file__).parent / "results"
-
-
-@dataclass
-class Toy:
-    """One toy: its family, target parameters and two guide settings."""
-
-    name: str
-    family: str  # "nb" or "gamma"
-    target: tuple[float, float]
-    settings: dict[str, tuple[float, float]]
-
-    def param_names(self) -> tuple[str, str]:
-        return ("r", "p") if self.family == "nb" else ("alpha", "beta")
-
-    def distribution(self, first, second):
-        if self.family == "nb":
-            return dist.NegativeBinomial(first, probs=second)
-        return dist.Gamma(first, second)
-
-    def model(self) -> None:
-        first, second = (torch.tensor(v) for v in self.target)
-        pyro.sample("z", self.distribution(first, second))
-
-    def guide(self, baseline: bool = False) -> None:
-        a, b = self.param_names()
-        first = pyro.param(a, torch.tensor(1.0), constraint=constraints.positive)
-        second_constraint = (
-            constraints.unit_interval if self.family == "nb" else constraints.positive
-        )
-        second = pyro.param(b, torch.tensor(0.5), constraint=second_constraint)
-        infer = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
-        pyro.sample("z", self.distribution(first, second), infer=infer if baseline else {})
-
-
-TOYS = [
-    Toy("NB(r0=10, p0=0.2)", "nb", (10.0, 0.2), {"start": (1.0, 0.5), "near": (12.0, 0.25)}),
-    Toy("NB(r0=0.5, p0=0.2)", "nb", (0.5, 0.2), {"start": (1.0, 0.5), "near": (0.6, 0.25)}),
-    Toy("Gamma(a0=1, b0=0.5)", "gamma", (1.0, 0.5), {"start": (2.0, 1.0), "near": (1.2, 0.6)}),
-    Toy(
-        "Gamma(a0=0.01, b0=0.5)", "gamma", (0.01, 0.5), {"start": (0.1, 1.0), "near": (0.012, 0.6)}
-    ),
-]
-
-
-def set_guide_params(toy: Toy, values: tuple[float, float]) -> list[torch.Tensor]:
-    pyro.clear_param_store()
-    names = toy.param_names()
-    toy.guide()
-    for name, value in zip(names, values, strict=True):
-        pyro.get_param_store()[name] = torch.tensor(value)
-    return [pyro.param(name).unconstrained() for name in names]
 
 
 def surrogate_loss(elbo, toy: Toy, baseline: bool) -> torch.Tensor:
@@ -147,22 +94,14 @@ def direct_go(toy: Toy, params, samples: int, seed: int) -> torch.Tensor:
 
 
 def exact_gradient(toy: Toy, values: tuple[float, float]) -> torch.Tensor:
-    """d KL(q‖p) / d(unconstrained guide params): closed form for Gamma, a truncated sum
-    (to a tail below 1e-15 of both q and p) for NB."""
+    """d KL(q‖p) / d(unconstrained guide params), in float64 (:func:`exact_kl`)."""
     first_u = torch.tensor(values[0], dtype=torch.float64).log().requires_grad_()
     second_u = torch.tensor(values[1], dtype=torch.float64)
     second_u = second_u.log() - (-second_u).log1p() if toy.family == "nb" else second_u.log()
     second_u.requires_grad_()
     first = first_u.exp()
     second = torch.sigmoid(second_u) if toy.family == "nb" else second_u.exp()
-    q = toy.distribution(first, second)
-    p = toy.distribution(*(torch.tensor(v, dtype=torch.float64) for v in toy.target))
-    if toy.family == "gamma":
-        kl = torch.distributions.kl_divergence(q, p)
-    else:
-        k = torch.arange(0, 200000, dtype=torch.float64)
-        log_q, log_p = q.log_prob(k), p.log_prob(k)
-        kl = (log_q.exp() * (log_q - log_p)).sum()
+    kl = exact_kl(toy, first, second)
     return torch.stack(torch.autograd.grad(kl, [first_u, second_u]))
 
 

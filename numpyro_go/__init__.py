@@ -1,6 +1,13 @@
-"""numpyro-go: the NumPyro (JAX) backend of pyro-go.
+"""numpyro-go: GO gradients (Cong et al., ICLR 2019) for NumPyro.
 
-Not implemented yet: it will mirror :mod:`pyro_go` module for module
-(``numpyro_go.TraceGO_ELBO``, GO rules and distributions).  Importing this package does
-not import JAX.
+Swap :class:`numpyro.infer.Trace_ELBO` for :class:`TraceGO_ELBO` to get unbiased,
+low-variance gradients through discrete and non-reparameterisable latent variables,
+``jax.jit``-compiled end to end.
 """
+
+from numpyro_go.distributions import get_go_rule, go_surrogate, register_go_rule
+from numpyro_go.infer import TraceGO_ELBO
+
+__version__ = "0.1.0"
+
+__all__ = ["TraceGO_ELBO", "__version__", "get_go_rule", "go_surrogate", "register_go_rule"]

@@ -9,25 +9,27 @@ import pytest
 import torch
 from conftest import assert_unbiased, exact_gradient, gradient_samples
 from pyro.distributions import constraints
+from shared_cases import BERNOULLI, CATEGORICAL, CONTINUOUS, COUNT, HIERARCHICAL, PLATED
 from torch.distributions import kl_divergence
 
 from pyro_go import TraceGO_ELBO
 
 # --------------------------------------------------------------------------- Bernoulli
 
-WEIGHTS = torch.tensor([1.0, -2.0, 0.5, 1.5])
-OBS = torch.tensor(0.7)
+WEIGHTS = torch.tensor(BERNOULLI["weights"])
+OBS = torch.tensor(BERNOULLI["obs"])
+SCALE = BERNOULLI["scale"]
 
 
 def bernoulli_model():
-    prior_logits = pyro.param("prior_logits", torch.tensor([0.2, -0.4, 0.1, 0.3]))
+    prior_logits = pyro.param("prior_logits", torch.tensor(BERNOULLI["prior_logits"]))
     z = pyro.sample("z", dist.Bernoulli(logits=prior_logits).to_event(1))
     mean = torch.tanh((z * WEIGHTS.to(z.device)).sum(-1))
-    pyro.sample("x", dist.Normal(mean, 0.5), obs=OBS.to(z.device))
+    pyro.sample("x", dist.Normal(mean, SCALE), obs=OBS.to(z.device))
 
 
 def bernoulli_guide():
-    logits = pyro.param("logits", torch.tensor([0.3, -0.2, 0.8, -1.0]))
+    logits = pyro.param("logits", torch.tensor(BERNOULLI["logits"]))
     pyro.sample("z", dist.Bernoulli(logits=logits).to_event(1))
 
 
@@ -39,7 +41,7 @@ def bernoulli_exact_neg_elbo():
         log_q = dist.Bernoulli(logits=logits).log_prob(z).sum()
         log_p = dist.Bernoulli(logits=prior_logits).log_prob(z).sum()
         mean = torch.tanh((z * WEIGHTS.to(z.device)).sum())
-        log_p = log_p + dist.Normal(mean, 0.5).log_prob(OBS.to(z.device))
+        log_p = log_p + dist.Normal(mean, SCALE).log_prob(OBS.to(z.device))
         total = total + log_q.exp() * (log_p - log_q)
     return -total
 
@@ -86,20 +88,21 @@ def test_loss_is_elbo_estimate():
 
 # ------------------------------------------------------------------------- Categorical
 
-CAT_TABLE = torch.tensor([[0.0, 1.0, -1.0, 2.0], [0.5, -0.5, 1.5, 0.0]])
+CAT_TABLE = torch.tensor(CATEGORICAL["table"])
+CAT_PRIOR = torch.tensor(CATEGORICAL["prior"])
+CAT_OBS = torch.tensor(CATEGORICAL["obs"])
 
 
 def categorical_model(one_hot):
-    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
-    fn = dist.OneHotCategorical(probs) if one_hot else dist.Categorical(probs)
+    fn = dist.OneHotCategorical(CAT_PRIOR) if one_hot else dist.Categorical(CAT_PRIOR)
     y = pyro.sample("y", fn.expand([2]).to_event(1))
     labels = y.argmax(-1) if one_hot else y.long()
     score = CAT_TABLE[0][labels[..., 0]] * CAT_TABLE[1][labels[..., 1]]
-    pyro.sample("x", dist.Normal(score, 1.0), obs=torch.tensor(1.0))
+    pyro.sample("x", dist.Normal(score, 1.0), obs=CAT_OBS)
 
 
 def categorical_guide(one_hot):
-    logits = pyro.param("cat_logits", torch.tensor([[0.1, -0.3, 0.2, 0.0], [0.4, 0.0, -0.2, 0.1]]))
+    logits = pyro.param("cat_logits", torch.tensor(CATEGORICAL["logits"]))
     fn = dist.OneHotCategorical(logits=logits) if one_hot else dist.Categorical(logits=logits)
     pyro.sample("y", fn.to_event(1))
 
@@ -107,14 +110,14 @@ def categorical_guide(one_hot):
 def categorical_exact_neg_elbo():
     logits = pyro.param("cat_logits")
     log_q = torch.log_softmax(logits, -1)
-    prior = torch.tensor([0.1, 0.2, 0.3, 0.4]).log()
+    prior = CAT_PRIOR.log()
     total = 0.0
     for a, b in itertools.product(range(4), repeat=2):
         lq = log_q[0, a] + log_q[1, b]
         lp = (
             prior[a]
             + prior[b]
-            + dist.Normal(CAT_TABLE[0][a] * CAT_TABLE[1][b], 1.0).log_prob(torch.tensor(1.0))
+            + dist.Normal(CAT_TABLE[0][a] * CAT_TABLE[1][b], 1.0).log_prob(CAT_OBS)
         )
         total = total + lq.exp() * (lp - lq)
     return -total
@@ -156,66 +159,54 @@ def _truncated_neg_elbo(q, p, tail=1e-13):
     return -(log_q.exp() * (log_p - log_q))[keep].sum()
 
 
-COUNT_CASES = {
-    "poisson": (
-        lambda: dist.Poisson(
-            pyro.param("rate", torch.tensor(3.0), constraint=constraints.positive)
-        ),
-        lambda: dist.Poisson(torch.tensor(5.0)),
-        ["rate"],
-    ),
-    "geometric": (
-        lambda: dist.Geometric(
-            pyro.param("probs", torch.tensor(0.3), constraint=constraints.unit_interval)
-        ),
-        lambda: dist.Geometric(torch.tensor(0.2)),
-        ["probs"],
-    ),
-    "binomial": (
-        lambda: dist.Binomial(
-            10, pyro.param("probs", torch.tensor(0.3), constraint=constraints.unit_interval)
-        ),
-        lambda: dist.Binomial(10, torch.tensor(0.6)),
-        ["probs"],
-    ),
-    "negative-binomial-10": (
-        lambda: dist.NegativeBinomial(
-            pyro.param("r", torch.tensor(4.0), constraint=constraints.positive),
-            probs=pyro.param("probs", torch.tensor(0.4), constraint=constraints.unit_interval),
-        ),
-        lambda: dist.NegativeBinomial(torch.tensor(10.0), probs=torch.tensor(0.2)),
-        ["r", "probs"],
-    ),
-    "negative-binomial-0.5": (
-        lambda: dist.NegativeBinomial(
-            pyro.param("r", torch.tensor(1.0), constraint=constraints.positive),
-            probs=pyro.param("probs", torch.tensor(0.4), constraint=constraints.unit_interval),
-        ),
-        lambda: dist.NegativeBinomial(torch.tensor(0.5), probs=torch.tensor(0.2)),
-        ["r", "probs"],
-    ),
-    "gamma-poisson": (
-        lambda: dist.GammaPoisson(
-            pyro.param("alpha", torch.tensor(2.0), constraint=constraints.positive),
-            pyro.param("beta", torch.tensor(0.5), constraint=constraints.positive),
-        ),
-        lambda: dist.GammaPoisson(torch.tensor(3.0), torch.tensor(1.0)),
-        ["alpha", "beta"],
-    ),
-    "zero-inflated-poisson": (
-        lambda: dist.ZeroInflatedPoisson(
-            pyro.param("rate", torch.tensor(3.0), constraint=constraints.positive),
-            gate=pyro.param("gate", torch.tensor(0.3), constraint=constraints.unit_interval),
-        ),
-        lambda: dist.Poisson(torch.tensor(2.0)),
-        ["rate", "gate"],
-    ),
-}
+_POSITIVE = {"rate", "concentration", "total_count"}
 
 
-@pytest.mark.parametrize("case", list(COUNT_CASES))
+def _count_param(name, value):
+    if name == "total_count" and isinstance(value, int):
+        return value  # Binomial's number of trials is not trained
+    constraint = constraints.positive if name in _POSITIVE else constraints.unit_interval
+    return pyro.param(name, torch.tensor(value), constraint=constraint)
+
+
+def _count_distribution(family, p):
+    if family == "poisson":
+        return dist.Poisson(p["rate"])
+    if family == "geometric":
+        return dist.Geometric(p["probs"])
+    if family == "binomial":
+        return dist.Binomial(p["total_count"], p["probs"])
+    if family == "negative-binomial":
+        return dist.NegativeBinomial(p["total_count"], probs=p["probs"])
+    if family == "gamma-poisson":
+        return dist.GammaPoisson(p["concentration"], p["rate"])
+    if p["gate"] == 0.0:
+        return dist.Poisson(torch.as_tensor(p["rate"]))
+    return dist.ZeroInflatedPoisson(p["rate"], gate=p["gate"])
+
+
+def _count_case(case):
+    """Guide-distribution maker (with trained params), model distribution maker, and
+    the names of the trained params."""
+    spec = COUNT[case]
+
+    def make_guide_fn():
+        params = {name: _count_param(name, value) for name, value in spec["guide"].items()}
+        return _count_distribution(spec["family"], params)
+
+    def make_model_fn():
+        params = {name: torch.as_tensor(value) for name, value in spec["model"].items()}
+        if spec["family"] == "binomial":
+            params["total_count"] = spec["model"]["total_count"]
+        return _count_distribution(spec["family"], params)
+
+    trained = [n for n, v in spec["guide"].items() if not isinstance(v, int)]
+    return make_guide_fn, make_model_fn, trained
+
+
+@pytest.mark.parametrize("case", list(COUNT))
 def test_single_count_site(case):
-    make_guide_fn, make_model_fn, names = COUNT_CASES[case]
+    make_guide_fn, make_model_fn, names = _count_case(case)
 
     def model():
         pyro.sample("z", make_model_fn())
@@ -255,33 +246,27 @@ class NoRsampleNormal(dist.Normal):
     has_rsample = False
 
 
-@pytest.mark.parametrize("family", ["gamma", "gamma-small-shape", "cdf-normal"])
-def test_continuous_site(family):
-    if family.startswith("gamma"):
-        alpha0 = 1.0 if family == "gamma" else 0.01
-        target = dist.Gamma(torch.tensor(alpha0), torch.tensor(0.5))
-
-        def make_guide_fn():
-            return dist.Gamma(
-                pyro.param(
-                    "a",
-                    torch.tensor(2.0 if family == "gamma" else 0.3),
-                    constraint=constraints.positive,
-                ),
-                pyro.param("b", torch.tensor(1.0), constraint=constraints.positive),
-            )
-
-        names = ["a", "b"]
+@pytest.mark.parametrize("case", list(CONTINUOUS))
+def test_continuous_site(case):
+    spec = CONTINUOUS[case]
+    family = spec["family"]
+    target_params = [torch.tensor(v) for v in spec["target"]]
+    if family == "gamma":
+        target = dist.Gamma(*target_params)
+        family_class, names = dist.Gamma, ["a", "b"]
+        constraint = [constraints.positive, constraints.positive]
     else:
-        target = dist.Normal(torch.tensor(1.0), torch.tensor(2.0))
+        target = dist.Normal(*target_params)
+        family_class, names = NoRsampleNormal, ["loc", "scale"]
+        constraint = [constraints.real, constraints.positive]
 
-        def make_guide_fn():
-            return NoRsampleNormal(
-                pyro.param("loc", torch.tensor(0.0)),
-                pyro.param("scale", torch.tensor(1.0), constraint=constraints.positive),
+    def make_guide_fn():
+        return family_class(
+            *(
+                pyro.param(n, torch.tensor(v), constraint=c)
+                for n, v, c in zip(names, spec["guide"], constraint, strict=True)
             )
-
-        names = ["loc", "scale"]
+        )
 
     def model():
         pyro.sample("z", target)
@@ -300,18 +285,19 @@ def test_continuous_site(family):
 
 # ------------------------------------------------- plates, subsampling, model params
 
-DATA = torch.tensor([0.3, 1.8, -0.4, 2.5, 1.1, 0.0])
+DATA = torch.tensor(PLATED["data"])
+PLATED_PRIOR = torch.tensor(PLATED["prior"])
 
 
 def plated_model(subsample_size):
-    weights = pyro.param("weights", torch.tensor([1.0, 1.5]))
+    weights = pyro.param("weights", torch.tensor(PLATED["weights"]))
     with pyro.plate("data", 6, subsample_size=subsample_size) as idx:
-        z = pyro.sample("z", dist.Bernoulli(torch.tensor([0.3, 0.6])).to_event(1))
-        pyro.sample("x", dist.Normal((z * weights).sum(-1), 0.7), obs=DATA[idx])
+        z = pyro.sample("z", dist.Bernoulli(PLATED_PRIOR).to_event(1))
+        pyro.sample("x", dist.Normal((z * weights).sum(-1), PLATED["scale"]), obs=DATA[idx])
 
 
 def plated_guide(subsample_size):
-    logits = pyro.param("local_logits", torch.linspace(-1, 1, 12).reshape(6, 2))
+    logits = pyro.param("local_logits", torch.tensor(PLATED["logits"]))
     with pyro.plate("data", 6, subsample_size=subsample_size) as idx:
         pyro.sample("z", dist.Bernoulli(logits=logits[idx]).to_event(1))
 
@@ -322,8 +308,8 @@ def plated_exact_neg_elbo():
     for bits in itertools.product([0.0, 1.0], repeat=2):
         z = torch.tensor(bits)
         log_q = dist.Bernoulli(logits=logits).log_prob(z).sum(-1)
-        log_p = dist.Bernoulli(torch.tensor([0.3, 0.6])).log_prob(z).sum(-1)
-        log_p = log_p + dist.Normal((z * weights).sum(-1), 0.7).log_prob(DATA)
+        log_p = dist.Bernoulli(PLATED_PRIOR).log_prob(z).sum(-1)
+        log_p = log_p + dist.Normal((z * weights).sum(-1), PLATED["scale"]).log_prob(DATA)
         total = total + (log_q.exp() * (log_p - log_q)).sum()
     return -total
 
@@ -342,7 +328,7 @@ def test_plated_local_latents(subsample_size):
 
 # ------------------------------------- Theorem 3: continuous internal, discrete leaf
 
-X_OBS = torch.tensor(3.0)
+X_OBS = torch.tensor(HIERARCHICAL["obs"])
 
 
 def hierarchical_model():
@@ -352,9 +338,9 @@ def hierarchical_model():
 
 
 def hierarchical_guide():
-    a = pyro.param("a", torch.tensor(2.0), constraint=constraints.positive)
-    b = pyro.param("b", torch.tensor(1.5), constraint=constraints.positive)
-    c = pyro.param("c", torch.tensor(1.2), constraint=constraints.positive)
+    a, b, c = (
+        pyro.param(k, torch.tensor(HIERARCHICAL[k]), constraint=constraints.positive) for k in "abc"
+    )
     lam = pyro.sample("lam", dist.Gamma(a, b))
     pyro.sample("n", dist.Poisson(c * lam))
 

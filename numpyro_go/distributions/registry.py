@@ -1,0 +1,112 @@
+"""The registry that maps NumPyro distribution classes to GO rules, and its lookup.
+
+Users extend it for their own distribution classes::
+
+    from numpyro_go import register_go_rule
+    from numpyro_go.distributions.rules import VariableNablaRule
+
+    class MyCountRule(VariableNablaRule):
+        parameter_names = ("rate",)
+
+        def variable_nabla(self, fn, value):
+            return {"rate": ...}  # −∂Q(value)/∂rate / q(value)
+
+    register_go_rule(MyCountDistribution, MyCountRule())
+
+Lookup walks the method resolution order of the *base* distribution (``Independent``,
+``.expand()``, ``.mask()`` and ``.to_event()`` are seen through).  Classes without a
+registered rule get a generic one when they qualify: a pathwise sampler
+(:class:`~numpyro_go.distributions.rules.Reparameterized`), a support on
+``{0, 1, 2, ...}`` (:class:`~numpyro_go.distributions.rules.GenericCountRule`), or a
+univariate continuous family with a ``cdf``
+(:class:`~numpyro_go.distributions.rules.CDFSurrogate`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpyro.distributions as dist
+
+from numpyro_go.distributions import rules
+
+CategoricalForm = Literal["local", "raw"]
+
+_REGISTRY: dict[type, rules.GORule] = {}
+
+
+def register_go_rule(dist_class: type, rule: rules.GORule) -> rules.GORule:
+    """Register ``rule`` for ``dist_class`` and its subclasses; returns the rule.
+
+    A rule registered later for a subclass takes precedence over its parent's.
+    """
+    if not (isinstance(dist_class, type) and issubclass(dist_class, dist.Distribution)):
+        raise TypeError(
+            f"expected a numpyro.distributions.Distribution subclass, got {dist_class!r}"
+        )
+    if not isinstance(rule, rules.GORule):
+        raise TypeError(f"expected a numpyro_go GORule instance, got {rule!r}")
+    _REGISTRY[dist_class] = rule
+    return rule
+
+
+def unwrap_distribution(fn: dist.Distribution) -> dist.Distribution:
+    """Strip ``Independent``, ``ExpandedDistribution`` and ``MaskedDistribution``
+    wrappers, which do not change the law of one element."""
+    while isinstance(fn, (dist.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return fn
+
+
+def _has_cdf(fn: dist.Distribution) -> bool:
+    return type(fn).cdf is not dist.Distribution.cdf
+
+
+def get_go_rule(
+    fn: dist.Distribution, categorical_form: CategoricalForm = "local"
+) -> rules.GORule | None:
+    """The GO rule for a (possibly wrapped) distribution, or ``None`` if it has none.
+
+    :param categorical_form: ``"local"`` (default) sums out each element of a finite
+        support analytically (``K − 1`` evaluations of ``f`` per element); ``"raw"``
+        uses Theorem 1 directly (one evaluation per element).
+    """
+    if categorical_form not in ("local", "raw"):
+        raise ValueError(f"categorical_form must be 'local' or 'raw', got {categorical_form!r}")
+    base = unwrap_distribution(fn)
+    for cls in type(base).__mro__:
+        rule = _REGISTRY.get(cls)
+        if rule is not None:
+            return getattr(rule, "raw_form", rule) if categorical_form == "raw" else rule
+    if base.has_rsample:
+        return REPARAMETERIZED
+    support = base.support
+    if support.is_discrete:
+        if base.event_shape == () and rules.is_count_support(support):
+            return GENERIC_COUNT
+        return None
+    if base.event_shape == () and _has_cdf(base):
+        return CDF_SURROGATE
+    return None
+
+
+REPARAMETERIZED = rules.Reparameterized()
+CDF_SURROGATE = rules.CDFSurrogate()
+GENERIC_COUNT = rules.GenericCountRule()
+
+_BERNOULLI = rules.BernoulliLocal()
+_CATEGORICAL = rules.CategoricalLocal()
+_GEOMETRIC = rules.GeometricRule()
+_BINOMIAL = rules.BinomialRule()
+register_go_rule(dist.BernoulliProbs, _BERNOULLI)
+register_go_rule(dist.BernoulliLogits, _BERNOULLI)
+register_go_rule(dist.CategoricalProbs, _CATEGORICAL)
+register_go_rule(dist.CategoricalLogits, _CATEGORICAL)
+register_go_rule(dist.Poisson, rules.PoissonRule())
+register_go_rule(dist.GeometricProbs, _GEOMETRIC)
+register_go_rule(dist.GeometricLogits, _GEOMETRIC)
+register_go_rule(dist.BinomialProbs, _BINOMIAL)
+register_go_rule(dist.BinomialLogits, _BINOMIAL)
+register_go_rule(dist.GammaPoisson, rules.GammaPoissonRule())
+
+__all__ = ["CategoricalForm", "get_go_rule", "register_go_rule", "unwrap_distribution"]

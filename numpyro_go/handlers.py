@@ -1,0 +1,57 @@
+"""The sampling handler that makes a guide emit GO-ready samples (the NumPyro twin of
+:class:`pyro_go.poutine.GOSampleMessenger`)."""
+
+from __future__ import annotations
+
+from jax.lax import stop_gradient
+from numpyro.primitives import Messenger
+
+from numpyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
+
+
+class go_sample(Messenger):
+    """Samples the guide's latent sites the way the GO estimator needs them.
+
+    * sites with a pathwise sampler keep their sample (its gradient already is the GO
+      gradient of a continuous variable);
+    * univariate continuous sites with only a ``cdf`` get the surrogate sample of
+      :class:`~numpyro_go.distributions.rules.CDFSurrogate`, so that guide sites
+      downstream receive the variable-nabla by autodiff (statistical back-propagation,
+      Theorem 3);
+    * discrete sites keep their sample with its gradient stopped.
+
+    Sites without a GO rule and enumerated sites raise a :class:`ValueError` naming the
+    site and the way out.  NumPyro runs ``postprocess_message`` from the outermost
+    handler inward, so enter this handler *outside* :class:`numpyro.handlers.trace` for
+    the trace to record the surrogate values.
+    """
+
+    def __init__(self, fn=None, categorical_form: CategoricalForm = "local") -> None:
+        self.categorical_form = categorical_form
+        super().__init__(fn)
+
+    def postprocess_message(self, msg) -> None:
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        name, fn = msg["name"], msg["fn"]
+        if msg["infer"].get("enumerate"):
+            raise ValueError(
+                f"TraceGO_ELBO: guide site '{name}' asks for enumeration "
+                f"(infer={{'enumerate': {msg['infer']['enumerate']!r}}}). GO estimates "
+                "gradients from samples; remove the enumerate flag (or config_enumerate) "
+                "from the guide, or use numpyro.infer.TraceEnum_ELBO for this site."
+            )
+        form = msg["infer"].get("go_categorical_form", self.categorical_form)
+        rule = get_go_rule(fn, form)
+        if rule is None:
+            raise ValueError(
+                f"TraceGO_ELBO: guide site '{name}' has distribution "
+                f"{type(unwrap_distribution(fn)).__name__}, which has no GO gradient rule "
+                "(no pathwise sampler, not a count or finite discrete distribution, no "
+                "cdf). Register one with numpyro_go.register_go_rule(YourClass, rule), or "
+                "use a supported distribution at this site."
+            )
+        if rule.kind == "cdf":
+            msg["value"] = rule.surrogate_sample(unwrap_distribution(fn), msg["value"])
+        elif rule.kind == "discrete":
+            msg["value"] = stop_gradient(msg["value"])

@@ -1,0 +1,166 @@
+"""``D_y f`` for the discrete leaf sites of a guide, by ``jax.vmap`` over perturbations
+(the JAX twin of :mod:`pyro_go.infer.perturbation`).
+
+For a discrete guide site ``s`` the GO estimator needs, for every element ``v`` and
+alternative value ``a``, ``Δ_{a,v} = f(y with y_v := a) − f(y)`` where
+``f = log p(x, z) − log q(z)`` (Cong et al. 2019, eq. 9; appendix I, eqs. 34–36).
+
+* **Plates.**  A plate declares conditional independence, so changing element ``v`` in
+  every slice of the site's plates at once and summing ``f``'s terms down to those plates
+  yields the differences of all slices from one evaluation (appendix I's Ξ trick, made
+  generic).  A plate counts as *coupled* for ``s`` when some model term that depends on
+  ``s`` (by provenance) lies outside it, since that term mixes slices; the positions of
+  coupled dims and event dims are perturbed one per evaluation.
+* **vmap.**  The model is replayed with every latent value fixed and only ``s`` changed,
+  as a function of the stack index; ``jax.vmap`` runs all evaluations at once (or
+  ``jax.lax.map`` in chunks of ``chunk_size``), so the model need not broadcast over an
+  extra dim and the whole loss stays ``jit``-able.  Index 0 is the unperturbed sample, so
+  every difference is taken between numbers computed by the same kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from math import prod
+
+import jax
+import jax.numpy as jnp
+from jax.lax import stop_gradient
+from numpyro.handlers import seed, substitute, trace
+
+from numpyro_go.distributions.registry import unwrap_distribution
+from numpyro_go.distributions.rules import DiscreteRule
+
+
+def _sum_to_kept(log_prob: jax.Array, kept_dims: frozenset[int], ndim: int) -> jax.Array:
+    """Sum ``log_prob`` over every dim whose negative index is not in ``kept_dims`` and
+    return it with ``ndim`` dims (size 1 where summed), right-aligned."""
+    log_prob = jnp.asarray(log_prob)
+    summed = tuple(i for i in range(log_prob.ndim) if i - log_prob.ndim not in kept_dims)
+    log_prob = jnp.sum(log_prob, axis=summed, keepdims=True)
+    extra = log_prob.ndim - ndim
+    if extra > 0:
+        return log_prob.reshape(log_prob.shape[extra:])
+    return log_prob.reshape((1,) * -extra + log_prob.shape)
+
+
+@dataclass
+class LeafLayout:
+    """One discrete leaf site and the layout of its perturbations.
+
+    ``kept_dims`` are the (negative) batch dims of the site that belong to a plate in
+    which every dependent model term lies; the site's other element dims are coupled and
+    their ``num_coupled`` positions are perturbed one per evaluation, for each of the
+    rule's ``num_alternatives`` alternatives.
+    """
+
+    name: str
+    rule: DiscreteRule
+    fn: object
+    value: jax.Array
+    scale: jax.Array | float | None
+    kept_dims: frozenset[int]
+    batch_ndim: int = field(init=False)
+    num_coupled: int = field(init=False)
+    num_alternatives: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batch_ndim = len(self.fn.batch_shape)
+        self.num_coupled = prod(
+            size
+            for dim, size in enumerate(self.value.shape)
+            if dim - self.batch_ndim not in self.kept_dims
+        )
+        self.num_alternatives = self.rule.num_alternatives(self.base_fn)
+
+    @property
+    def base_fn(self):
+        return unwrap_distribution(self.fn)
+
+    @property
+    def num_entries(self) -> int:
+        return self.num_alternatives * self.num_coupled
+
+    def coupled_index(self) -> jax.Array:
+        """Flat coupled position of each element, broadcastable to the value's shape."""
+        shape = [
+            1 if dim - self.batch_ndim in self.kept_dims else size
+            for dim, size in enumerate(self.value.shape)
+        ]
+        return jnp.arange(self.num_coupled).reshape(shape)
+
+    def perturbed(self, alternatives: jax.Array, entry: jax.Array) -> jax.Array:
+        """The value at stack index ``entry`` (0 = unperturbed; ``1 + a·C + c`` sets the
+        elements at coupled position ``c`` to alternative ``a``)."""
+        local = jnp.maximum(entry - 1, 0)
+        chosen = alternatives[local // self.num_coupled]
+        selected = (self.coupled_index() == local % self.num_coupled) & (entry > 0)
+        return jnp.where(selected, chosen, self.value)
+
+    def delta(self, f_stack: jax.Array) -> jax.Array:
+        """``Δ`` of shape ``[A, *value.shape]`` from ``f`` at every stack index,
+        ``[1 + A·C, *kept]`` with ``kept`` the site's batch shape (size 1 except at kept
+        dims) followed by a size-1 dim per event dim."""
+        diff = f_stack[1:] - f_stack[:1]
+        diff = diff.reshape((self.num_alternatives, self.num_coupled) + diff.shape[1:])
+        diff = jnp.broadcast_to(diff, diff.shape[:2] + self.value.shape)
+        index = jnp.broadcast_to(self.coupled_index(), self.value.shape)
+        index = jnp.broadcast_to(index[None, None], (self.num_alternatives, 1) + self.value.shape)
+        return jnp.take_along_axis(diff, index, axis=1)[:, 0]
+
+
+@dataclass
+class PerturbationReplay:
+    """Replays ``model`` with fixed latent values to get ``Δ`` for each leaf site.
+
+    :param model: the model callable.
+    :param rng_key: the model's seed for this particle (sites the model samples but the
+        guide does not are fixed through ``latents``; the key only keeps handlers happy).
+    :param data: parameter values, plate subsample indices and every latent value
+        (gradients already stopped).
+    :param chunk_size: at most this many evaluations at once (``jax.lax.map`` batches).
+    """
+
+    model: Callable
+    rng_key: jax.Array
+    data: dict
+    args: tuple
+    kwargs: dict
+    chunk_size: int | None = None
+
+    def _log_f(self, layout: LeafLayout, value: jax.Array, dependents: dict) -> jax.Array:
+        """``f``'s terms that depend on the site (``dependents``: model site name -> leaf
+        sites its log-density depends on), summed to the site's kept plates."""
+        data = dict(self.data, **{layout.name: value})
+        model = substitute(seed(self.model, self.rng_key), data=data)
+        model_trace = trace(model).get_trace(*self.args, **self.kwargs)
+        ndim = layout.batch_ndim
+        total = jnp.zeros((1,) * ndim)
+        for name, site in model_trace.items():
+            if site["type"] != "sample" or layout.name not in dependents.get(name, ()):
+                continue
+            log_prob = site["fn"].log_prob(site["value"])
+            if site["scale"] is not None:
+                log_prob = site["scale"] * log_prob
+            total = total + _sum_to_kept(log_prob, layout.kept_dims, ndim)
+        log_q = jax.tree.map(stop_gradient, layout.fn).log_prob(value)
+        if layout.scale is not None:
+            log_q = stop_gradient(layout.scale) * log_q
+        total = total - _sum_to_kept(log_q, layout.kept_dims, ndim)
+        return total.reshape(total.shape + (1,) * (value.ndim - ndim))
+
+    def delta(self, layout: LeafLayout, dependents: dict) -> jax.Array:
+        """``Δ`` for one leaf site, shape ``[A, *value.shape]`` (no gradient)."""
+        alternatives = layout.rule.alternatives(layout.base_fn, layout.value)
+        alternatives = jnp.broadcast_to(alternatives, alternatives.shape[:1] + layout.value.shape)
+
+        def log_f_at(entry):
+            return self._log_f(layout, layout.perturbed(alternatives, entry), dependents)
+
+        entries = jnp.arange(1 + layout.num_entries)
+        if self.chunk_size is None:
+            f_stack = jax.vmap(log_f_at)(entries)
+        else:
+            f_stack = jax.lax.map(log_f_at, entries, batch_size=self.chunk_size)
+        return stop_gradient(layout.delta(f_stack))

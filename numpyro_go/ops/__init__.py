@@ -1,0 +1,1 @@
+"""Special functions behind NumPyro's variable-nablas."""

@@ -1,0 +1,221 @@
+"""numpyro_go.TraceGO_ELBO inside NumPyro: jit, SVI, handlers, errors, fallbacks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from jax.example_libraries import stax
+from jax_helpers import exact_gradient, gradient_samples
+from numpyro import handlers
+from numpyro.infer import SVI
+from unbiasedness import assert_unbiased
+
+from numpyro_go import TraceGO_ELBO, go_surrogate
+from numpyro_go.distributions import GOPoisson
+
+
+def count_model(data):
+    with numpyro.plate("data", data.shape[0]):
+        z = numpyro.sample("z", dist.Poisson(3.0))
+        numpyro.sample("x", dist.Poisson(z + 0.5), obs=data)
+
+
+def count_guide(data):
+    rate = numpyro.param("rate", jnp.ones(data.shape[0]), constraint=dist.constraints.positive)
+    with numpyro.plate("data", data.shape[0]):
+        numpyro.sample("z", dist.Poisson(rate))
+
+
+DATA = jnp.array([0.0, 2.0, 7.0, 4.0])
+
+
+def test_jitted_and_eager_gradients_agree():
+    params = {"rate": jnp.array([1.0, 2.0, 3.0, 4.0])}
+    elbo = TraceGO_ELBO()
+    key = jax.random.PRNGKey(3)
+
+    def grad(p):
+        return jax.grad(lambda q: elbo.loss(key, q, count_model, count_guide, DATA))(p)["rate"]
+
+    np.testing.assert_allclose(jax.jit(grad)(params), grad(params), rtol=1e-5, atol=1e-6)
+
+
+def test_svi_run_is_jitted_and_learns():
+    svi = SVI(count_model, count_guide, numpyro.optim.Adam(0.05), loss=TraceGO_ELBO())
+    result = svi.run(jax.random.PRNGKey(0), 600, DATA, progress_bar=False)
+    losses = np.asarray(result.losses)
+    assert np.all(np.isfinite(losses))
+    assert losses[-100:].mean() < losses[:100].mean() - 1.0
+    # the posterior mean of z grows with the observed count
+    rates = np.asarray(result.params["rate"])
+    assert np.all(np.diff(rates[np.argsort(np.asarray(DATA))]) > 0)
+
+
+def test_scale_handler_scales_the_gradient():
+    params = {"rate": jnp.array([1.0, 2.0, 3.0, 4.0])}
+    key = jax.random.PRNGKey(5)
+    elbo = TraceGO_ELBO()
+
+    def grad(model, guide):
+        return jax.grad(lambda p: elbo.loss(key, p, model, guide, DATA))(params)["rate"]
+
+    plain = grad(count_model, count_guide)
+    scaled = grad(handlers.scale(count_model, 3.0), handlers.scale(count_guide, 3.0))
+    np.testing.assert_allclose(scaled, 3.0 * plain, rtol=1e-5)
+
+
+def test_masked_observation_gives_the_prior_gradient():
+    """With every observation masked out, the guide is pulled towards the prior only."""
+    params = {"rate": jnp.array([1.0, 2.0, 3.0, 4.0])}
+
+    def masked_model(data):
+        with numpyro.plate("data", data.shape[0]):
+            z = numpyro.sample("z", dist.Poisson(3.0))
+            with handlers.mask(mask=jnp.zeros(data.shape[0], bool)):
+                numpyro.sample("x", dist.Poisson(z + 0.5), obs=data)
+
+    def prior_model(data):
+        with numpyro.plate("data", data.shape[0]):
+            numpyro.sample("z", dist.Poisson(3.0))
+
+    elbo = TraceGO_ELBO()
+    key = jax.random.PRNGKey(2)
+    grads = [
+        jax.grad(lambda p, m=m: elbo.loss(key, p, m, count_guide, DATA))(params)["rate"]
+        for m in (masked_model, prior_model)
+    ]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+
+
+def test_stax_module_in_model_and_guide():
+    """``numpyro.module`` networks (stax) in both model and guide, Bernoulli latents."""
+    encoder = stax.serial(stax.Dense(3))
+    decoder = stax.serial(stax.Dense(5))
+    x = (jax.random.uniform(jax.random.PRNGKey(0), (8, 5)) > 0.5).astype(jnp.float32)
+
+    def model(x):
+        net = numpyro.module("decoder", decoder, (x.shape[0], 3))
+        with numpyro.plate("data", x.shape[0]):
+            z = numpyro.sample("z", dist.Bernoulli(0.5 * jnp.ones(3)).to_event(1))
+            numpyro.sample("x", dist.Bernoulli(logits=net(z)).to_event(1), obs=x)
+
+    def guide(x):
+        net = numpyro.module("encoder", encoder, (x.shape[0], 5))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("z", dist.Bernoulli(logits=net(x)).to_event(1))
+
+    svi = SVI(model, guide, numpyro.optim.Adam(0.01), loss=TraceGO_ELBO())
+    result = svi.run(jax.random.PRNGKey(1), 200, x, progress_bar=False)
+    assert np.all(np.isfinite(np.asarray(result.losses)))
+    assert result.losses[-20:].mean() < result.losses[:20].mean()
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+class NoRuleNormal(dist.Normal):
+    """No pathwise sampler and no cdf: nothing GO can use."""
+
+    reparametrized_params = []
+    cdf = dist.Distribution.cdf
+
+
+def test_site_without_rule_raises_naming_it():
+    def model():
+        numpyro.sample("w", dist.Normal(0.0, 1.0))
+
+    def guide():
+        numpyro.sample("w", NoRuleNormal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="guide site 'w'.*register_go_rule"):
+        TraceGO_ELBO().loss(jax.random.PRNGKey(0), {}, model, guide)
+
+
+def test_enumerated_guide_site_raises():
+    def model():
+        numpyro.sample("z", dist.Bernoulli(0.5))
+
+    def guide():
+        numpyro.sample("z", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+
+    with pytest.raises(ValueError, match="'z' asks for enumeration"):
+        TraceGO_ELBO().loss(jax.random.PRNGKey(0), {}, model, guide)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="categorical_form"):
+        TraceGO_ELBO(categorical_form="other")
+    with pytest.raises(ValueError, match="chunk_size"):
+        TraceGO_ELBO(chunk_size=0)
+
+
+# ------------------------------------------- discrete internal site: score fallback
+
+
+def internal_model():
+    z = numpyro.sample("z", dist.Bernoulli(0.5))
+    n = numpyro.sample("n", dist.Poisson(3.0))
+    numpyro.sample("x", dist.Poisson(n + 0.5 + z), obs=3.0)
+
+
+def internal_guide():
+    a = numpyro.param("a", jnp.array(0.3))
+    z = numpyro.sample("z", dist.Bernoulli(logits=a))
+    numpyro.sample("n", dist.Poisson(1.0 + 2.0 * z))
+
+
+def internal_exact_neg_elbo(params):
+    n = jnp.arange(60.0)
+    total = 0.0
+    for z in (0.0, 1.0):
+        log_q_z = dist.Bernoulli(logits=params["a"]).log_prob(z)
+        log_q_n = dist.Poisson(1.0 + 2.0 * z).log_prob(n)
+        log_p = (
+            dist.Bernoulli(0.5).log_prob(z)
+            + dist.Poisson(3.0).log_prob(n)
+            + dist.Poisson(n + 0.5 + z).log_prob(3.0)
+        )
+        total = total + jnp.sum(jnp.exp(log_q_z + log_q_n) * (log_p - log_q_z - log_q_n))
+    return -total
+
+
+def test_internal_discrete_site_warns_and_stays_unbiased():
+    params = {"a": jnp.array(0.3)}
+    with pytest.warns(UserWarning, match="'z' has children in the guide"):
+        samples = gradient_samples(TraceGO_ELBO(), internal_model, internal_guide, params, 4000)
+    assert_unbiased(samples, exact_gradient(internal_exact_neg_elbo, params))
+
+
+def test_internal_discrete_site_strict_raises():
+    with pytest.raises(ValueError, match="strict=False"):
+        TraceGO_ELBO(strict=True).loss(
+            jax.random.PRNGKey(0), {"a": jnp.array(0.3)}, internal_model, internal_guide
+        )
+
+
+# ------------------------------------------------------------------- go_surrogate
+
+
+def test_go_surrogate_poisson_is_unbiased():
+    """``∇_λ E[−(y − 4)²] = −(1 + 2(λ − 4))`` for ``y ~ Poisson(λ)``."""
+    rate = jnp.array([2.0, 5.0])
+
+    def estimate(key):
+        return jax.grad(
+            lambda r: GOPoisson(r).go_surrogate(lambda y: -jnp.sum((y - 4.0) ** 2), key)
+        )(rate)
+
+    samples = jax.jit(jax.vmap(estimate))(jax.random.split(jax.random.PRNGKey(0), 3000))
+    assert_unbiased(np.asarray(samples), -(1 + 2 * (np.asarray(rate) - 4.0)))
+
+
+def test_go_surrogate_value_and_errors():
+    fn = dist.Poisson(jnp.array([2.0, 5.0]))
+    value = jnp.array([1.0, 3.0])
+    assert go_surrogate(fn, lambda y: jnp.sum(y), value=value) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="rng_key"):
+        go_surrogate(fn, jnp.sum)
+    with pytest.raises(ValueError, match="pathwise sampler"):
+        go_surrogate(dist.Normal(0.0, 1.0), jnp.sum, value=jnp.array(0.0))
