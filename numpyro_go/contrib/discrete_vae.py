@@ -4,7 +4,9 @@
 ``p(x, z) = Bern(x; σ(NN_{x|z}(z))) Bern(z; σ(prior_logits))`` and
 ``q(z | x) = Bern(z; σ(NN_{z|x}(x)))``.  ``hidden=()`` gives the "1-layer linear"
 networks; ``hidden=(200, 200)`` the tanh "nonlinear" ones.  Networks are
-:mod:`jax.example_libraries.stax` layers registered with :func:`numpyro.module`.
+:mod:`jax.example_libraries.stax` layers registered with :func:`numpyro.module`; the
+decoder's first layer is :func:`numpyro_go.nn.Dense`, so ``TraceGO_ELBO`` evaluates the
+200 flips of ``z`` as ``h + d_k W_k`` (appendix I) instead of 200 matrix products.
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ import numpyro
 import numpyro.distributions as dist
 from jax.example_libraries import stax
 
+from numpyro_go.nn import Dense
 
-def _network(hidden: Sequence[int], outputs: int):
+
+def _network(hidden: Sequence[int], outputs: int, absorbing_input: bool = False):
+    """tanh MLP; with ``absorbing_input`` its first layer is :func:`numpyro_go.nn.Dense`,
+    which absorbs the perturbation stacks of ``TraceGO_ELBO``."""
+    sizes = [*hidden, outputs]
     layers = []
-    for size in hidden:
-        layers += [stax.Dense(size), stax.Tanh]
-    return stax.serial(*layers, stax.Dense(outputs))
+    for index, size in enumerate(sizes):
+        layers.append(Dense(size) if index == 0 and absorbing_input else stax.Dense(size))
+        if index < len(sizes) - 1:
+            layers.append(stax.Tanh)
+    return stax.serial(*layers)
 
 
 class DiscreteVAE:
@@ -36,7 +45,7 @@ class DiscreteVAE:
     def __init__(self, latents: int = 200, pixels: int = 784, hidden: Sequence[int] = ()):
         self.latents, self.pixels = latents, pixels
         self.encoder = _network(hidden, latents)
-        self.decoder = _network(tuple(reversed(hidden)), pixels)
+        self.decoder = _network(tuple(reversed(hidden)), pixels, absorbing_input=True)
 
     def model(self, x: jnp.ndarray) -> None:
         decoder = numpyro.module("decoder", self.decoder, (1, self.latents))

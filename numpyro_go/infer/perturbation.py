@@ -31,6 +31,7 @@ from numpyro.handlers import seed, substitute, trace
 
 from numpyro_go.distributions.registry import unwrap_distribution
 from numpyro_go.distributions.rules import DiscreteRule
+from numpyro_go.nn import OneCoordinateStack, absorbing
 
 
 def _sum_to_kept(log_prob: jax.Array, kept_dims: frozenset[int], ndim: int) -> jax.Array:
@@ -98,6 +99,26 @@ class LeafLayout:
         selected = (self.coupled_index() == local % self.num_coupled) & (entry > 0)
         return jnp.where(selected, chosen, self.value)
 
+    @property
+    def perturbs_last_dim_only(self) -> bool:
+        """Whether every entry changes one coordinate of the last dim (the same one in
+        all plate slices), so that :func:`numpyro_go.nn.linear` can absorb it."""
+        last = self.value.ndim - 1
+        kept = [dim - self.batch_ndim in self.kept_dims for dim in range(self.value.ndim)]
+        return last >= 0 and all(kept[:last]) and not kept[last]
+
+    def one_coordinate_stack(
+        self, alternatives: jax.Array, entry: jax.Array, value: jax.Array
+    ) -> OneCoordinateStack:
+        """The structure of ``value = perturbed(alternatives, entry)`` for a site that
+        :attr:`perturbs_last_dim_only`."""
+        local = jnp.maximum(entry - 1, 0)
+        coordinate = local % self.num_coupled
+        chosen = jnp.take(alternatives[local // self.num_coupled], coordinate, axis=-1)
+        current = jnp.take(self.value, coordinate, axis=-1)
+        change = jnp.where(entry > 0, chosen - current, 0)
+        return OneCoordinateStack(value, self.value, coordinate, change)
+
     def delta(self, f_stack: jax.Array) -> jax.Array:
         """``Δ`` of shape ``[A, *value.shape]`` from ``f`` at every stack index,
         ``[1 + A·C, *kept]`` with ``kept`` the site's batch shape (size 1 except at kept
@@ -120,6 +141,7 @@ class PerturbationReplay:
     :param data: parameter values, plate subsample indices and every latent value
         (gradients already stopped).
     :param chunk_size: at most this many evaluations at once (``jax.lax.map`` batches).
+    :param absorb_linear: let :func:`numpyro_go.nn.linear` absorb one-coordinate stacks.
     """
 
     model: Callable
@@ -128,6 +150,7 @@ class PerturbationReplay:
     args: tuple
     kwargs: dict
     chunk_size: int | None = None
+    absorb_linear: bool = True
 
     def _log_f(self, layout: LeafLayout, value: jax.Array, dependents: dict) -> jax.Array:
         """``f``'s terms that depend on the site (``dependents``: model site name -> leaf
@@ -155,8 +178,14 @@ class PerturbationReplay:
         alternatives = layout.rule.alternatives(layout.base_fn, layout.value)
         alternatives = jnp.broadcast_to(alternatives, alternatives.shape[:1] + layout.value.shape)
 
+        absorb = self.absorb_linear and layout.perturbs_last_dim_only
+
         def log_f_at(entry):
-            return self._log_f(layout, layout.perturbed(alternatives, entry), dependents)
+            value = layout.perturbed(alternatives, entry)
+            if not absorb:
+                return self._log_f(layout, value, dependents)
+            with absorbing(layout.one_coordinate_stack(alternatives, entry, value)):
+                return self._log_f(layout, value, dependents)
 
         entries = jnp.arange(1 + layout.num_entries)
         if self.chunk_size is None:

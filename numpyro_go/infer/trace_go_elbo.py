@@ -83,6 +83,11 @@ class TraceGO_ELBO(ELBO):
         (``jax.lax.map`` batches; bounds memory); ``None`` for all at once.
     :param bool stick_the_landing: hold guide parameters fixed inside ``log q`` [2]
         (default ``True``).
+    :param bool absorb_linear: when the model passes a perturbed Bernoulli or count value
+        straight into :func:`numpyro_go.nn.linear` (or the :func:`numpyro_go.nn.Dense`
+        stax layer), compute ``x_0 W + d_e W[i_e]`` instead of a product per
+        perturbation (appendix I's trick; :mod:`numpyro_go.nn`).  Same gradients up to
+        float rounding; ``False`` turns it off.
 
     **References**
 
@@ -104,6 +109,7 @@ class TraceGO_ELBO(ELBO):
         categorical_form: CategoricalForm = "local",
         chunk_size: int | None = None,
         stick_the_landing: bool = True,
+        absorb_linear: bool = True,
     ) -> None:
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
         if categorical_form not in ("local", "raw"):
@@ -114,6 +120,7 @@ class TraceGO_ELBO(ELBO):
         self.categorical_form = categorical_form
         self.chunk_size = chunk_size
         self.stick_the_landing = stick_the_landing
+        self.absorb_linear = absorb_linear
         #: model evaluations per particle spent on ``D_y f`` in the last traced estimate
         #: (perturbations + one base evaluation per leaf site); set when the loss is traced
         self.last_num_evaluations = 0
@@ -250,7 +257,9 @@ class TraceGO_ELBO(ELBO):
             for name, site in _latent_sites(trace_).items():
                 data[name] = site["value"]
         data = jax.tree.map(stop_gradient, data)
-        return PerturbationReplay(model, model_seed, data, args, kwargs, self.chunk_size)
+        return PerturbationReplay(
+            model, model_seed, data, args, kwargs, self.chunk_size, self.absorb_linear
+        )
 
     def _go_terms(self, replay_, guide_trace, model_trace, leaves, model_deps) -> jax.Array:
         dependents = {

@@ -1,13 +1,21 @@
-"""Linear layers absorb one-coordinate perturbations without a matrix product.
+"""Linear layers absorb few-coordinate perturbations without a matrix product.
 
 In a perturbation replay (:mod:`pyro_go.infer.perturbation`) stack entry ``j`` of a
-discrete site differs from the sample ``z`` in one coordinate ``i_j`` of its last dim,
-by ``d_j`` (per plate slice).  A linear map then gives
+Bernoulli or count site differs from the sample ``z`` in one coordinate ``i_j`` of its
+last dim, by ``d_j`` (per plate slice).  A linear map then gives
 ``L(z + d_j e_{i_j}) = L(z) + d_j W[:, i_j]``: the GO authors' trick for the discrete VAE
 (appendix I, step 1 of the Ξ procedure), applied here generically to any
 ``torch.nn.functional.linear`` or ``matmul`` whose input *is* the stacked value.  One
 product for the base sample plus a broadcast multiply-add replaces the product over the
-whole stack.  Any other use of the stacked value is computed as usual.
+whole stack.
+
+A one-hot Categorical site ``[..., N, K]`` changes, in entry ``j``, the category of
+variable ``v_j`` from ``old`` to ``new`` (per slice).  Its linear consumer usually sees
+it flattened to ``[..., N·K]``: the flattening (``reshape``, ``view``, ``flatten``) of a
+registered :class:`OneHotStack` is registered in turn as a :class:`SparseStack` with the
+two changed coordinates ``v_j K + old`` (−1) and ``v_j K + new`` (+1) per slice, so the
+layer adds the difference of two columns of ``W``.  Any other use of a stacked value is
+computed as usual.
 """
 
 from __future__ import annotations
@@ -20,9 +28,14 @@ from torch.overrides import TorchFunctionMode
 
 
 @dataclass
-class OneCoordinateStack:
-    """A stack ``[n, *pad, *batch, K]`` whose entries are ``base`` except for one
-    coordinate ``index[j]`` of the last dim, changed by ``delta[j]`` (``[n, *pad, *batch]``)."""
+class SparseStack:
+    """A stack ``[n, *pad, *batch, D]`` whose entries are ``base`` plus ``delta`` at
+    coordinates ``index`` of the last dim.
+
+    Either one coordinate per entry shared by all slices (``index`` ``[n]``, ``delta``
+    ``[n, *pad, *batch]``) or ``k`` coordinates per slice (``index`` and ``delta``
+    ``[n, *pad, *batch, k]``).
+    """
 
     stacked: torch.Tensor
     base: torch.Tensor
@@ -30,45 +43,79 @@ class OneCoordinateStack:
     delta: torch.Tensor
 
     def columns_times_delta(self, columns: torch.Tensor) -> torch.Tensor:
-        """``delta[j] * columns[index[j]]`` broadcast to ``[n, *pad, *batch, out]``."""
-        chosen = columns[self.index]  # [n, out]
-        chosen = chosen.reshape(
-            (chosen.shape[0],) + (1,) * (self.delta.dim() - 1) + chosen.shape[1:]
-        )
-        return self.delta.unsqueeze(-1) * chosen
+        """``Σ delta · columns[index]`` broadcast to ``[n, *pad, *batch, out]``."""
+        if self.index.dim() == 1:
+            chosen = columns[self.index]  # [n, out]
+            chosen = chosen.reshape(
+                (chosen.shape[0],) + (1,) * (self.delta.dim() - 1) + chosen.shape[1:]
+            )
+            return self.delta.unsqueeze(-1) * chosen
+        total = 0
+        for j in range(self.index.shape[-1]):
+            total = total + self.delta[..., j, None] * columns[self.index[..., j]]
+        return total
+
+
+@dataclass
+class OneHotStack:
+    """A one-hot stack ``[n, *pad, *batch, N, K]`` whose entry ``j`` moves variable
+    ``variable[j]`` from category ``old`` to ``new`` (``[n, *pad, *batch]``) in each
+    slice.  Becomes a :class:`SparseStack` when its last two dims are flattened."""
+
+    stacked: torch.Tensor
+    base: torch.Tensor
+    variable: torch.Tensor
+    old: torch.Tensor
+    new: torch.Tensor
+
+    def flattened(self, stacked: torch.Tensor) -> SparseStack:
+        num_categories = self.base.shape[-1]
+        offset = (self.variable * num_categories).reshape((-1,) + (1,) * (self.old.dim() - 1))
+        index = torch.stack([offset + self.old, offset + self.new], dim=-1)
+        changed = (self.old != self.new).to(stacked.dtype)
+        delta = torch.stack([-changed, changed], dim=-1)
+        return SparseStack(stacked, self.base.flatten(-2), index, delta)
+
+
+_MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+_FLATTENS = (torch.reshape, torch.Tensor.reshape, torch.Tensor.view, torch.flatten)
+_FLATTENS = _FLATTENS + (torch.Tensor.flatten,)
 
 
 class AbsorbLinear(TorchFunctionMode):
     """While active, ``F.linear(x, W, b)`` and ``x @ W`` on a registered stack take the
-    fast path.  ``hits`` counts the products absorbed."""
+    fast path, and flattening a registered one-hot stack registers the result.  ``hits``
+    counts the products absorbed."""
 
-    def __init__(self, stacks: list[OneCoordinateStack]) -> None:
+    def __init__(self, stacks: list) -> None:
         super().__init__()
         self.stacks = {id(stack.stacked): stack for stack in stacks}
         self.hits = 0
 
-    def _stack_of(self, tensor) -> OneCoordinateStack | None:
+    def _stack_of(self, tensor):
         stack = self.stacks.get(id(tensor))
         return stack if stack is not None and stack.stacked is tensor else None
 
+    def _linear(self, stack: SparseStack, weight: torch.Tensor, bias) -> torch.Tensor:
+        self.hits += 1
+        return F.linear(stack.base, weight, bias) + stack.columns_times_delta(weight.t())
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if args:
-            stack = self._stack_of(args[0])
-            if stack is not None and func is F.linear:
+        stack = self._stack_of(args[0]) if args else None
+        if isinstance(stack, OneHotStack) and func in _FLATTENS:
+            out = func(*args, **kwargs)
+            if out.shape == stack.stacked.shape[:-2] + (stack.stacked.shape[-2:].numel(),):
+                flat = stack.flattened(out)
+                self.stacks[id(out)] = flat
+            return out
+        if isinstance(stack, SparseStack):
+            if func is F.linear:
                 weight = args[1] if len(args) > 1 else kwargs["weight"]
                 bias = args[2] if len(args) > 2 else kwargs.get("bias")
                 if weight.dim() == 2:
-                    self.hits += 1
-                    base = F.linear(stack.base, weight, bias)
-                    return base + stack.columns_times_delta(weight.t())
-            if (
-                stack is not None
-                and func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
-                and len(args) > 1
-                and torch.is_tensor(args[1])
-                and args[1].dim() == 2
-            ):
-                self.hits += 1
-                return torch.matmul(stack.base, args[1]) + stack.columns_times_delta(args[1])
+                    return self._linear(stack, weight, bias)
+            if func in _MATMULS and len(args) > 1 and torch.is_tensor(args[1]):
+                if args[1].dim() == 2:
+                    return self._linear(stack, args[1].t(), None)
         return func(*args, **kwargs)

@@ -37,7 +37,7 @@ from pyro.poutine.trace_struct import Trace
 
 from pyro_go.distributions.registry import unwrap_distribution
 from pyro_go.distributions.rules import DiscreteRule
-from pyro_go.infer.linear_absorption import AbsorbLinear, OneCoordinateStack
+from pyro_go.infer.linear_absorption import AbsorbLinear, OneHotStack, SparseStack
 from pyro_go.ops.provenance import strip
 
 
@@ -84,13 +84,22 @@ class DiscreteLeafSite:
     def num_entries(self) -> int:
         return self.num_alternatives * self.num_coupled
 
+    def _coupled_is_last(self) -> bool:
+        last = len(self.element_shape) - 1
+        coupled = [d for d in range(len(self.element_shape)) if d not in self.independent_dims]
+        return coupled == [last]
+
     @property
     def perturbs_last_dim_only(self) -> bool:
         """Whether every entry changes one coordinate of the last dim (the same one in
         all plate slices), so that linear layers can absorb it."""
-        last = len(self.element_shape) - 1
-        coupled = [d for d in range(len(self.element_shape)) if d not in self.independent_dims]
-        return self.rule.atom_dim == 0 and coupled == [last]
+        return self.rule.atom_dim == 0 and self._coupled_is_last()
+
+    @property
+    def changes_one_hot_variable(self) -> bool:
+        """Whether every entry changes the category of one one-hot variable of the last
+        element dim (the same variable in all plate slices)."""
+        return self.rule.atom_dim == 1 and self._coupled_is_last()
 
     def coupled_index(self) -> torch.Tensor:
         """Flat index of each element's coupled position, broadcastable to
@@ -129,6 +138,16 @@ class DiscreteLeafSite:
         chosen = self._alternatives()[alternative_index, ..., coordinate]  # [n, *batch]
         current = self.value.index_select(-1, coordinate).movedim(-1, 0)
         return coordinate, chosen - current
+
+    def category_changes(self, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        """For a site that :attr:`changes_one_hot_variable`: the variable that local
+        entries ``start..stop-1`` change (``[n]``) and its old and new category in each
+        slice (``[n, *element_shape[:-1]]``), without building the entries."""
+        alternative_index, variable = self._entry_positions(start, stop)
+        labels = self.value.argmax(-1)  # [*element_shape]
+        new = self._alternatives().argmax(-1)[alternative_index, ..., variable]
+        old = labels.index_select(-1, variable).movedim(-1, 0)
+        return variable, old, new
 
     def delta(self, f_entries: torch.Tensor, f_base: torch.Tensor) -> torch.Tensor:
         """Spread per-entry differences over elements: returns ``Δ`` of shape
@@ -336,15 +355,28 @@ class PerturbationReplay:
                 values[site.name] = stacked[0]
                 continue
             values[site.name] = self._stack(stacked, batch_dim)
-            if self.absorb_linear and site.perturbs_last_dim_only:
-                coordinate, change = site.coordinate_changes(lo, hi)
-                coordinate = self._pad_entries(coordinate, coordinate.new_zeros(()), before, after)
-                change = self._pad_entries(
-                    change, change.new_zeros(()).expand(change.shape[1:]), before, after
-                )
-                stacks.append(
-                    OneCoordinateStack(
-                        values[site.name], base, coordinate, self._stack(change, batch_dim)
-                    )
-                )
+            if self.absorb_linear:
+                stack = self._structure(site, values[site.name], lo, hi, before, after)
+                if stack is not None:
+                    stacks.append(stack)
         return values, stacks, num
+
+    def _structure(self, site, stacked, lo, hi, before, after):
+        """The few-coordinate structure of a site's stacked values, or ``None``."""
+        batch_dim = len(site.guide_site["fn"].batch_shape)
+        if site.perturbs_last_dim_only:
+            coordinate, change = site.coordinate_changes(lo, hi)
+            coordinate = self._pad_entries(coordinate, coordinate.new_zeros(()), before, after)
+            change = self._pad_entries(
+                change, change.new_zeros(()).expand(change.shape[1:]), before, after
+            )
+            return SparseStack(stacked, site.value, coordinate, self._stack(change, batch_dim))
+        if site.changes_one_hot_variable:
+            variable, old, new = site.category_changes(lo, hi)
+            variable = self._pad_entries(variable, variable.new_zeros(()), before, after)
+            labels = site.value.argmax(-1)[..., 0]  # padding entries change nothing
+            old = self._pad_entries(old, labels, before, after)
+            new = self._pad_entries(new, labels, before, after)
+            old, new = self._stack(old, batch_dim), self._stack(new, batch_dim)
+            return OneHotStack(stacked, site.value, variable, old, new)
+        return None

@@ -102,9 +102,64 @@ def test_one_coordinate_structure_matches_the_stacked_values():
         expected = base.clone()
         expected[:, index[j]] += delta[j]
         torch.testing.assert_close(stacked[j], expected)
-    stack = linear_absorption.OneCoordinateStack(stacked, base, index, delta)
+    stack = linear_absorption.SparseStack(stacked, base, index, delta)
     weight = torch.randn(4, 3)
     with linear_absorption.AbsorbLinear([stack]) as mode:
         fast = torch.nn.functional.linear(stacked, weight)
     assert mode.hits == 1
     torch.testing.assert_close(fast, torch.nn.functional.linear(stacked, weight))
+
+
+VARIABLES, CATEGORIES = 3, 4
+
+
+def one_hot_vae(flatten):
+    encoder = nn.Linear(PIXELS, VARIABLES * CATEGORIES)
+    torch.manual_seed(2)
+    decoder = nn.Linear(VARIABLES * CATEGORIES, PIXELS)
+    prior = torch.full((VARIABLES, CATEGORIES), 1.0 / CATEGORIES)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.OneHotCategorical(prior).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(flatten(z))).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        logits = encoder(x).reshape(x.shape[:-1] + (VARIABLES, CATEGORIES))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.OneHotCategorical(logits=logits).to_event(1))
+
+    return model, guide, list(encoder.parameters()) + list(decoder.parameters())
+
+
+@pytest.mark.parametrize(
+    "flatten",
+    [
+        lambda z: z.flatten(-2),
+        lambda z: z.reshape(z.shape[:-2] + (VARIABLES * CATEGORIES,)),
+        lambda z: z.view(z.shape[:-2] + (-1,)),
+    ],
+    ids=["flatten", "reshape", "view"],
+)
+def test_one_hot_categorical_absorbs_two_columns(flatten, monkeypatch):
+    """A one-hot category change is the difference of two columns of W."""
+    hits = []
+    original = linear_absorption.AbsorbLinear.__exit__
+
+    def record_hits(self, *exc):
+        hits.append(self.hits)
+        return original(self, *exc)
+
+    monkeypatch.setattr(linear_absorption.AbsorbLinear, "__exit__", record_hits)
+    model, guide, params = one_hot_vae(flatten)
+    x = (torch.rand(5, PIXELS) > 0.5).float()
+    grads = {}
+    for absorb in (True, False):
+        pyro.set_rng_seed(3)
+        loss = TraceGO_ELBO(absorb_linear=absorb).differentiable_loss(model, guide, x)
+        grads[absorb] = torch.autograd.grad(loss, params)
+    for on, off in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-5)
+    assert hits == [1]
