@@ -31,12 +31,16 @@ from jax.example_libraries import stax
 @dataclass(frozen=True)
 class OneCoordinateStack:
     """``value`` (one stack entry under ``vmap``) equals ``base`` with coordinate
-    ``coordinate`` of the last dim changed by ``change`` (shape ``base.shape[:-1]``)."""
+    ``coordinate`` of the last dim changed by ``change`` (shape ``base.shape[:-1]``), to
+    ``alternatives[alternative]``'s value there (``alternatives``: ``[A, *base.shape]``,
+    the same for every entry)."""
 
     value: jax.Array
     base: jax.Array
     coordinate: jax.Array
     change: jax.Array
+    alternatives: jax.Array
+    alternative: jax.Array
 
 
 _ACTIVE: list[OneCoordinateStack] = []

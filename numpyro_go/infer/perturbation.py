@@ -26,6 +26,7 @@ from math import prod
 
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 from jax.lax import stop_gradient
 from numpyro.handlers import seed, substitute, trace
 
@@ -113,11 +114,11 @@ class LeafLayout:
         """The structure of ``value = perturbed(alternatives, entry)`` for a site that
         :attr:`perturbs_last_dim_only`."""
         local = jnp.maximum(entry - 1, 0)
-        coordinate = local % self.num_coupled
-        chosen = jnp.take(alternatives[local // self.num_coupled], coordinate, axis=-1)
+        coordinate, alternative = local % self.num_coupled, local // self.num_coupled
+        chosen = jnp.take(alternatives, coordinate, axis=-1)[alternative]
         current = jnp.take(self.value, coordinate, axis=-1)
         change = jnp.where(entry > 0, chosen - current, 0)
-        return OneCoordinateStack(value, self.value, coordinate, change)
+        return OneCoordinateStack(value, self.value, coordinate, change, alternatives, alternative)
 
     def delta(self, f_stack: jax.Array) -> jax.Array:
         """``Δ`` of shape ``[A, *value.shape]`` from ``f`` at every stack index,
@@ -129,6 +130,41 @@ class LeafLayout:
         index = jnp.broadcast_to(self.coupled_index(), self.value.shape)
         index = jnp.broadcast_to(index[None, None], (self.num_alternatives, 1) + self.value.shape)
         return jnp.take_along_axis(diff, index, axis=1)[:, 0]
+
+
+def _elementwise_base(fn) -> tuple[object, int] | None:
+    """``(base, reinterpreted)`` when ``fn`` is an elementwise distribution, possibly
+    expanded and with ``reinterpreted`` trailing dims made event dims; else ``None``."""
+    reinterpreted = 0
+    while isinstance(fn, (dist.Independent, dist.ExpandedDistribution)):
+        if isinstance(fn, dist.Independent):
+            reinterpreted += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    if isinstance(fn, dist.MaskedDistribution) or fn.event_shape != ():
+        return None
+    return fn, reinterpreted
+
+
+def one_coordinate_log_prob(fn, stack: OneCoordinateStack) -> jax.Array | None:
+    """``fn.log_prob(stack.value)`` from the log-densities of the base value and of the
+    alternatives (computed once, outside the ``vmap``) and a correction at the changed
+    coordinate, when ``fn`` is elementwise over the last dim; else ``None``.  This is the
+    prior/guide half of appendix I's trick: ``log q(z with z_i flipped)`` is
+    ``log q(z) − log q_i(z_i) + log q_i(1 − z_i)``."""
+    found = _elementwise_base(fn)
+    if found is None:
+        return None
+    base_fn, reinterpreted = found
+    old = base_fn.log_prob(stack.base)
+    new = jnp.take(base_fn.log_prob(stack.alternatives), stack.coordinate, axis=-1)
+    correction = jnp.where(stack.change != 0, new[stack.alternative], 0.0) - jnp.where(
+        stack.change != 0, jnp.take(old, stack.coordinate, axis=-1), 0.0
+    )
+    if reinterpreted == 0:
+        changed = jnp.arange(old.shape[-1]) == stack.coordinate
+        return old + jnp.where(changed, correction[..., None], 0.0)
+    total = jnp.sum(old, axis=tuple(range(-reinterpreted, 0)))
+    return total + jnp.sum(correction, axis=tuple(range(-(reinterpreted - 1), 0)))
 
 
 @dataclass
@@ -152,9 +188,21 @@ class PerturbationReplay:
     chunk_size: int | None = None
     absorb_linear: bool = True
 
-    def _log_f(self, layout: LeafLayout, value: jax.Array, dependents: dict) -> jax.Array:
+    def _log_f(
+        self,
+        layout: LeafLayout,
+        value: jax.Array,
+        dependents: dict,
+        stack: OneCoordinateStack | None = None,
+    ) -> jax.Array:
         """``f``'s terms that depend on the site (``dependents``: model site name -> leaf
-        sites its log-density depends on), summed to the site's kept plates."""
+        sites its log-density depends on), summed to the site's kept plates; the site's
+        own log-densities use ``stack``'s structure where they can."""
+
+        def log_prob(fn, x):
+            structured = one_coordinate_log_prob(fn, stack) if x is value and stack else None
+            return fn.log_prob(x) if structured is None else structured
+
         data = dict(self.data, **{layout.name: value})
         model = substitute(seed(self.model, self.rng_key), data=data)
         model_trace = trace(model).get_trace(*self.args, **self.kwargs)
@@ -163,11 +211,11 @@ class PerturbationReplay:
         for name, site in model_trace.items():
             if site["type"] != "sample" or layout.name not in dependents.get(name, ()):
                 continue
-            log_prob = site["fn"].log_prob(site["value"])
+            term = log_prob(site["fn"], site["value"])
             if site["scale"] is not None:
-                log_prob = site["scale"] * log_prob
-            total = total + _sum_to_kept(log_prob, layout.kept_dims, ndim)
-        log_q = jax.tree.map(stop_gradient, layout.fn).log_prob(value)
+                term = site["scale"] * term
+            total = total + _sum_to_kept(term, layout.kept_dims, ndim)
+        log_q = log_prob(jax.tree.map(stop_gradient, layout.fn), value)
         if layout.scale is not None:
             log_q = stop_gradient(layout.scale) * log_q
         total = total - _sum_to_kept(log_q, layout.kept_dims, ndim)
@@ -184,8 +232,9 @@ class PerturbationReplay:
             value = layout.perturbed(alternatives, entry)
             if not absorb:
                 return self._log_f(layout, value, dependents)
-            with absorbing(layout.one_coordinate_stack(alternatives, entry, value)):
-                return self._log_f(layout, value, dependents)
+            stack = layout.one_coordinate_stack(alternatives, entry, value)
+            with absorbing(stack):
+                return self._log_f(layout, value, dependents, stack)
 
         entries = jnp.arange(1 + layout.num_entries)
         if self.chunk_size is None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from torch.overrides import TorchFunctionMode
 
 
@@ -34,13 +35,18 @@ class SparseStack:
 
     Either one coordinate per entry shared by all slices (``index`` ``[n]``, ``delta``
     ``[n, *pad, *batch]``) or ``k`` coordinates per slice (``index`` and ``delta``
-    ``[n, *pad, *batch, k]``).
+    ``[n, *pad, *batch, k]``).  A shared-coordinate stack of a discrete site may also
+    name the value each entry takes there: ``alternatives[alternative[j]]`` at
+    ``index[j]`` (``alternatives`` ``[A, *base.shape]``), which lets the site's own
+    log-densities skip the stack (:func:`one_coordinate_log_prob`).
     """
 
     stacked: torch.Tensor
     base: torch.Tensor
     index: torch.Tensor
     delta: torch.Tensor
+    alternatives: torch.Tensor | None = None
+    alternative: torch.Tensor | None = None
 
     def columns_times_delta(self, columns: torch.Tensor) -> torch.Tensor:
         """``Σ delta · columns[index]`` broadcast to ``[n, *pad, *batch, out]``."""
@@ -75,6 +81,47 @@ class OneHotStack:
         changed = (self.old != self.new).to(stacked.dtype)
         delta = torch.stack([-changed, changed], dim=-1)
         return SparseStack(stacked, self.base.flatten(-2), index, delta)
+
+
+def _elementwise_base(fn):
+    """``(base, reinterpreted)`` when ``fn`` is an elementwise distribution, possibly
+    expanded and with ``reinterpreted`` trailing dims made event dims; else ``None``."""
+    reinterpreted = 0
+    while isinstance(fn, (torch.distributions.Independent, ExpandedDistribution)):
+        if isinstance(fn, torch.distributions.Independent):
+            reinterpreted += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    if isinstance(fn, MaskedDistribution) or fn.event_shape != ():
+        return None
+    return fn, reinterpreted
+
+
+def one_coordinate_log_prob(fn, stack: SparseStack) -> torch.Tensor | None:
+    """``fn.log_prob(stack.stacked)`` from the log-densities of the base value and of the
+    alternatives plus a correction at each entry's coordinate, when ``fn`` is elementwise
+    over the last dim and the stack names its alternatives; else ``None``.  The prior and
+    guide half of appendix I's trick: ``log q(z with z_i flipped) = log q(z) − log q_i(z_i)
+    + log q_i(1 − z_i)``, without a log-density over the whole stack."""
+    found = _elementwise_base(fn)
+    if found is None or stack.alternatives is None:
+        return None
+    base_fn, reinterpreted = found
+    old = base_fn.log_prob(stack.base)  # [*shape]
+    new = base_fn.log_prob(stack.alternatives)  # [A, *shape]
+    new = new[(stack.alternative, Ellipsis, stack.index)]  # [n, *shape[:-1]]
+    old_at = old.index_select(-1, stack.index).movedim(-1, 0)  # [n, *shape[:-1]]
+    correction = (new - old_at).reshape(stack.delta.shape)
+    correction = torch.where(stack.delta != 0, correction, correction.new_zeros(()))
+    if reinterpreted == 0:
+        changed = torch.nn.functional.one_hot(stack.index, old.shape[-1]).to(old.dtype)
+        changed = changed.reshape(
+            (changed.shape[0],) + (1,) * (stack.delta.dim() - 1) + old.shape[-1:]
+        )
+        return old + changed * correction.unsqueeze(-1)
+    total = old.sum(tuple(range(-reinterpreted, 0)))
+    if reinterpreted > 1:
+        correction = correction.sum(tuple(range(-(reinterpreted - 1), 0)))
+    return total + correction
 
 
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)

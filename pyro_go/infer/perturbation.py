@@ -37,7 +37,12 @@ from pyro.poutine.trace_struct import Trace
 
 from pyro_go.distributions.registry import unwrap_distribution
 from pyro_go.distributions.rules import DiscreteRule
-from pyro_go.infer.linear_absorption import AbsorbLinear, OneHotStack, SparseStack
+from pyro_go.infer.linear_absorption import (
+    AbsorbLinear,
+    OneHotStack,
+    SparseStack,
+    one_coordinate_log_prob,
+)
 from pyro_go.ops.provenance import strip
 
 
@@ -130,14 +135,15 @@ class DiscreteLeafSite:
             selected = selected.unsqueeze(-1)
         return torch.where(selected, chosen, self.value.unsqueeze(0))
 
-    def coordinate_changes(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def coordinate_changes(self, start: int, stop: int) -> tuple[torch.Tensor, ...]:
         """For a site that :attr:`perturbs_last_dim_only`: the coordinate of the last dim
-        that local entries ``start..stop-1`` change (``[n]``) and by how much in each
-        slice (``[n, *value.shape[:-1]]``), without building the entries."""
+        that local entries ``start..stop-1`` change (``[n]``), by how much in each slice
+        (``[n, *value.shape[:-1]]``) and which alternative they take (``[n]``), without
+        building the entries."""
         alternative_index, coordinate = self._entry_positions(start, stop)
         chosen = self._alternatives()[alternative_index, ..., coordinate]  # [n, *batch]
         current = self.value.index_select(-1, coordinate).movedim(-1, 0)
-        return coordinate, chosen - current
+        return coordinate, chosen - current, alternative_index
 
     def category_changes(self, start: int, stop: int) -> tuple[torch.Tensor, ...]:
         """For a site that :attr:`changes_one_hot_variable`: the variable that local
@@ -167,6 +173,10 @@ class DiscreteLeafSite:
             index.unsqueeze(0).unsqueeze(0).expand((self.num_alternatives, 1) + self.element_shape)
         )
         return diff.gather(1, index).squeeze(1)
+
+
+#: ``chunk_size="auto"``: perturbed-value elements per replay
+AUTO_CHUNK_ELEMENTS = 2**18
 
 
 def _pad_left(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -199,7 +209,7 @@ class PerturbationReplay:
         dependents: dict[str, frozenset],
         depth: int,
         vectorize: bool,
-        chunk_size: int | None,
+        chunk_size: int | str | None,
         absorb_linear: bool = True,
     ) -> None:
         self.model = model
@@ -208,7 +218,12 @@ class PerturbationReplay:
         self.dependents = dependents
         self.depth = depth
         self.vectorize = vectorize
-        self.chunk_size = chunk_size if vectorize else 1
+        if not vectorize:
+            chunk_size = 1
+        elif chunk_size == "auto":
+            largest = max((site.value.numel() for site in sites), default=1)
+            chunk_size = max(1, AUTO_CHUNK_ELEMENTS // max(largest, 1))
+        self.chunk_size = chunk_size
         self.absorb_linear = absorb_linear and vectorize
         offset = 1  # entry 0 is the unperturbed sample
         for site in sites:
@@ -281,6 +296,15 @@ class PerturbationReplay:
                 "TraceGO_ELBO(vectorize_perturbations=False)."
             )
 
+    @staticmethod
+    def _site_log_prob(fn, value: torch.Tensor, stacks: list) -> torch.Tensor | None:
+        """``fn.log_prob(value)`` through the structure of the stack ``value`` is, if any
+        and if ``fn`` allows (:func:`one_coordinate_log_prob`)."""
+        for stack in stacks:
+            if stack.stacked is value and isinstance(stack, SparseStack):
+                return one_coordinate_log_prob(fn, stack)
+        return None
+
     def _log_f(self, values: dict, stacks: list, num: int) -> dict[str, torch.Tensor]:
         """``f`` terms that change, summed to each perturbed site's independent plates:
         site name -> ``[num, *kept]``."""
@@ -292,7 +316,9 @@ class PerturbationReplay:
             affected = self.dependents.get(name, frozenset()) & values.keys()
             if not affected:
                 continue
-            log_prob = node["fn"].log_prob(node["value"], *node["args"], **node["kwargs"])
+            log_prob = self._site_log_prob(node["fn"], node["value"], stacks)
+            if log_prob is None:
+                log_prob = node["fn"].log_prob(node["value"], *node["args"], **node["kwargs"])
             log_prob = scale_and_mask(log_prob, node["scale"], node["mask"])
             if self.vectorize:
                 self._check_broadcast(name, log_prob, num)
@@ -304,7 +330,9 @@ class PerturbationReplay:
         for site_name, value in values.items():
             site = self._by_name[site_name]
             guide_node = site.guide_site
-            log_q = guide_node["fn"].log_prob(value)
+            log_q = self._site_log_prob(guide_node["fn"], value, stacks)
+            if log_q is None:
+                log_q = guide_node["fn"].log_prob(value)
             log_q = scale_and_mask(log_q, guide_node["scale"], guide_node["mask"])
             log_q = _pad_left(log_q, self.depth + 1)
             totals[site_name] = totals.get(site_name, 0) - _sum_to_frames(
@@ -365,12 +393,15 @@ class PerturbationReplay:
         """The few-coordinate structure of a site's stacked values, or ``None``."""
         batch_dim = len(site.guide_site["fn"].batch_shape)
         if site.perturbs_last_dim_only:
-            coordinate, change = site.coordinate_changes(lo, hi)
+            coordinate, change, alternative = site.coordinate_changes(lo, hi)
             coordinate = self._pad_entries(coordinate, coordinate.new_zeros(()), before, after)
+            alternative = self._pad_entries(alternative, alternative.new_zeros(()), before, after)
             change = self._pad_entries(
                 change, change.new_zeros(()).expand(change.shape[1:]), before, after
             )
-            return SparseStack(stacked, site.value, coordinate, self._stack(change, batch_dim))
+            change = self._stack(change, batch_dim)
+            alternatives = site._alternatives()
+            return SparseStack(stacked, site.value, coordinate, change, alternatives, alternative)
         if site.changes_one_hot_variable:
             variable, old, new = site.category_changes(lo, hi)
             variable = self._pad_entries(variable, variable.new_zeros(()), before, after)

@@ -149,8 +149,13 @@ def vae_like_guide(data):
 
 @pytest.mark.parametrize(
     "options",
-    [{"vectorize_perturbations": False}, {"chunk_size": 1}, {"chunk_size": 4}],
-    ids=["unvectorized", "chunk-1", "chunk-4"],
+    [
+        {"vectorize_perturbations": False},
+        {"chunk_size": 1},
+        {"chunk_size": 4},
+        {},
+    ],
+    ids=["unvectorized", "chunk-1", "chunk-4", "auto"],
 )
 def test_replay_modes_agree(options):
     data = (torch.rand(6, 5) > 0.5).float()
@@ -163,7 +168,7 @@ def test_replay_modes_agree(options):
         loss = elbo.differentiable_loss(vae_like_model, vae_like_guide, data)
         return loss, torch.autograd.grad(loss, params)
 
-    reference = TraceGO_ELBO()
+    reference = TraceGO_ELBO(chunk_size=None)  # one replay of the whole stack
     loss_ref, grads_ref = grads(reference)
     # 3 coupled Bernoulli elements (1 alternative) + 1 Categorical (3 alternatives) + base
     assert reference.last_num_evaluations == 3 + 3 + 1
@@ -411,3 +416,16 @@ def test_top_of_finite_support_and_impossible_categories():
     assert torch.isfinite(samples).all()
     assert_unbiased(samples[:, :3], exact[:3])
     assert (samples[:, 3] == 0).all()
+
+
+def test_auto_chunks_bound_the_stacked_values(monkeypatch):
+    """``chunk_size="auto"`` splits a replay when the perturbed values get large."""
+    from pyro_go.infer import perturbation
+
+    monkeypatch.setattr(perturbation, "AUTO_CHUNK_ELEMENTS", 12)  # 6 x 3 values -> chunks of 1
+    test_replay_modes_agree({})
+
+
+def test_bad_chunk_size_raises():
+    with pytest.raises(ValueError, match="chunk_size must be"):
+        TraceGO_ELBO(chunk_size=0)

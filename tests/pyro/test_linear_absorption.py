@@ -95,7 +95,8 @@ def test_one_coordinate_structure_matches_the_stacked_values():
     site = DiscreteLeafSite("z", get_go_rule(fn), {"fn": fn}, base, (frame,))
     assert site.perturbs_last_dim_only
     stacked = site.perturbed_values(0, 3)
-    index, delta = site.coordinate_changes(0, 3)
+    index, delta, alternative = site.coordinate_changes(0, 3)
+    assert alternative.tolist() == [0, 0, 0]
     assert index.tolist() == [0, 1, 2]
     torch.testing.assert_close(delta, torch.tensor([[1.0, -1.0], [-1.0, 1.0], [-1.0, 1.0]]))
     for j in range(3):
