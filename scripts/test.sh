@@ -4,5 +4,7 @@
 # statistical tests, or `bash scripts/test.sh tests/pyro/test_unbiased.py`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# tests/test_tutorials.py executes tutorials/*.ipynb and needs the tutorials extra
+export PYRO_GO_EXTRAS="${PYRO_GO_EXTRAS:-tutorials}"
 source scripts/setup_env.sh
 exec python -m pytest -n 2 "$@"

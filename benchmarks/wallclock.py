@@ -1,0 +1,117 @@
+"""Shared by the wall-clock benchmarks (``vae_wallclock.py``, ``def_wallclock.py``):
+train for a fixed budget of seconds with evaluations off the clock, then report the
+curves as a PNG plot."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Curve:
+    """Evaluations of one estimator's run against seconds of training and steps."""
+
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    values: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1e3 * self.seconds[-1] / max(self.steps[-1], 1)
+
+    def value_at(self, seconds: float, key: str) -> float:
+        """The last evaluation at or before ``seconds`` of training."""
+        index = max(i for i, s in enumerate(self.seconds) if s <= seconds + 1e-9)
+        return self.values[index][key]
+
+    def value_at_step(self, step: int, key: str) -> float | None:
+        """The evaluation after exactly ``step`` steps, if there was one."""
+        for seen, value in zip(self.steps, self.values, strict=True):
+            if seen == step:
+                return value[key]
+        return None
+
+
+def train_for_budget(
+    name: str,
+    step: Callable,
+    batches: Iterator,
+    budget: float,
+    evaluate: Callable[[], dict[str, float]],
+    eval_every: float,
+    eval_steps: Collection[int] = (),
+) -> Curve:
+    """Call ``step(next(batches))`` until ``budget`` seconds have been spent inside
+    ``step``; ``evaluate()`` runs at the start, every ``eval_every`` seconds of training,
+    after each number of steps in ``eval_steps`` (e.g. another run's evaluation points,
+    to compare at equal iterations) and at the end, off the clock (so are the
+    batches)."""
+    curve = Curve(name)
+    clock, steps, next_eval = 0.0, 0, 0.0
+    progress = "{l_bar}{bar}| {n:.0f}/{total:.0f} s"
+    with tqdm(total=budget, desc=name, bar_format=progress, disable=not sys.stderr.isatty()) as bar:
+        while clock < budget:
+            if clock >= next_eval or steps in eval_steps:
+                curve.seconds.append(clock)
+                curve.steps.append(steps)
+                curve.values.append(evaluate())
+                next_eval = max(next_eval, clock // eval_every * eval_every + eval_every)
+            batch = next(batches)
+            start = time.perf_counter()
+            step(batch)
+            elapsed = time.perf_counter() - start
+            clock, steps = clock + elapsed, steps + 1
+            bar.update(min(elapsed, bar.total - bar.n))
+    curve.seconds.append(clock)
+    curve.steps.append(steps)
+    curve.values.append(evaluate())
+    return curve
+
+
+def plot_curves(
+    curves: list[Curve], keys: dict[str, str], title: str, path: Path, log_scale: bool = False
+) -> None:
+    """ELBO against seconds of training and against iterations (log scale), one line per
+    (curve, key); ``keys`` maps an evaluation key to its line style.  ``log_scale``
+    plots the negative ELBO on a log axis, for curves that span orders of magnitude."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    sign = -1.0 if log_scale else 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=90, sharey=True)
+    for index, curve in enumerate(curves):
+        for key, style in keys.items():
+            values = [sign * value[key] for value in curve.values]
+            label = f"{curve.name} ({key})"
+            axes[0].plot(curve.seconds, values, style, color=f"C{index}", label=label)
+            axes[1].semilogx(curve.steps[1:], values[1:], style, color=f"C{index}", label=label)
+    if log_scale:
+        axes[0].set_yscale("log")
+        axes[0].set_ylabel("−ELBO per image (log scale)")
+    else:
+        later = [value[key] for curve in curves for value in curve.values[1:] for key in keys]
+        axes[0].set_ylim(min(later) - 0.1 * (max(later) - min(later)) - 1, max(later) + 1)
+        axes[0].set_ylabel("ELBO per image")
+    axes[0].set_xlabel("seconds of training (evaluations off the clock)")
+    axes[1].set_xlabel("iterations")
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
