@@ -39,3 +39,16 @@ def test_variance_toys_benchmark_reaches_the_go_floor():
         if "max abs diff vs TraceGO_ELBO" in line
     ]
     assert len(mismatches) == 16 and max(mismatches) < 1e-9, out
+
+
+@pytest.mark.slow
+def test_wallclock_benchmarks_quick():
+    assert "TraceGO_ELBO" in run("benchmarks/vae_wallclock.py", "--quick")
+    assert "TraceGO_ELBO" in run("benchmarks/def_wallclock.py", "--quick")
+    assert "numpyro_go.TraceGO_ELBO" in run("benchmarks/vae_budget_table.py", "--quick")
+
+
+@pytest.mark.slow
+def test_numpyro_benchmarks_quick():
+    assert "numpyro_go.TraceGO_ELBO" in run("benchmarks/numpyro_vae_step_time.py", "--quick")
+    assert "numpyro_go.TraceGO_ELBO" in run("benchmarks/numpyro_variance_toys.py", "--quick")
