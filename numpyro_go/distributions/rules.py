@@ -64,11 +64,9 @@ class CDFSurrogate(GORule):
 
 
 class DiscreteRule(GORule):
-    """A discrete family.  ``atom_dim`` is the number of trailing value dims that form
-    one random element (0 for all NumPyro families supported here)."""
+    """A discrete family whose random elements are the value's scalar entries."""
 
     kind = "discrete"
-    atom_dim = 0
 
     def num_alternatives(self, fn) -> int:
         """How many alternative values per element the estimator evaluates."""

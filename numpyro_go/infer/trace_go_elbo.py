@@ -133,6 +133,8 @@ class TraceGO_ELBO(ELBO):
             the negative ELBO estimate and its gradient the GO gradient estimate.
         """
 
+        self.last_num_evaluations = 0
+
         def single_particle_elbo(key):
             return self._single_particle_elbo(key, param_map, model, guide, args, kwargs)
 
@@ -268,7 +270,6 @@ class TraceGO_ELBO(ELBO):
             if deps & leaves.keys() and model_trace.get(name, {}).get("type") == "sample"
         }
         total = jnp.zeros(())
-        self.last_num_evaluations = 0
         for name, rule in leaves.items():
             site = guide_trace[name]
             consumers = [model_trace[other] for other, deps in dependents.items() if name in deps]

@@ -125,8 +125,13 @@ def one_coordinate_log_prob(fn, stack: SparseStack) -> torch.Tensor | None:
 
 
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
-_FLATTENS = (torch.reshape, torch.Tensor.reshape, torch.Tensor.view, torch.flatten)
-_FLATTENS = _FLATTENS + (torch.Tensor.flatten,)
+_FLATTENS = (
+    torch.reshape,
+    torch.Tensor.reshape,
+    torch.Tensor.view,
+    torch.flatten,
+    torch.Tensor.flatten,
+)
 
 
 class AbsorbLinear(TorchFunctionMode):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from pyro import poutine
@@ -120,7 +121,10 @@ class DiscreteLeafSite:
         entries = torch.arange(start, stop, device=self.value.device)
         return entries // self.num_coupled, entries % self.num_coupled
 
-    def _alternatives(self) -> torch.Tensor:
+    @cached_property
+    def alternatives(self) -> torch.Tensor:
+        """The rule's alternative values ``[A, *value.shape]``, computed once per site
+        (every chunk of a replay reads them)."""
         alternatives = self.rule.alternatives(self.base_fn, self.value)
         return alternatives.expand((alternatives.shape[0],) + self.value.shape)
 
@@ -128,7 +132,7 @@ class DiscreteLeafSite:
         """Values for this site's local stack entries ``start..stop-1``, shape
         ``[stop - start, *value.shape]``."""
         alternative_index, coupled_position = self._entry_positions(start, stop)
-        chosen = self._alternatives()[alternative_index]
+        chosen = self.alternatives[alternative_index]
         index = self.coupled_index()
         selected = index.unsqueeze(0) == coupled_position.reshape((-1,) + (1,) * index.dim())
         for _ in range(self.rule.atom_dim):
@@ -141,7 +145,7 @@ class DiscreteLeafSite:
         (``[n, *value.shape[:-1]]``) and which alternative they take (``[n]``), without
         building the entries."""
         alternative_index, coordinate = self._entry_positions(start, stop)
-        chosen = self._alternatives()[alternative_index, ..., coordinate]  # [n, *batch]
+        chosen = self.alternatives[alternative_index, ..., coordinate]  # [n, *batch]
         current = self.value.index_select(-1, coordinate).movedim(-1, 0)
         return coordinate, chosen - current, alternative_index
 
@@ -151,7 +155,7 @@ class DiscreteLeafSite:
         slice (``[n, *element_shape[:-1]]``), without building the entries."""
         alternative_index, variable = self._entry_positions(start, stop)
         labels = self.value.argmax(-1)  # [*element_shape]
-        new = self._alternatives().argmax(-1)[alternative_index, ..., variable]
+        new = self.alternatives.argmax(-1)[alternative_index, ..., variable]
         old = labels.index_select(-1, variable).movedim(-1, 0)
         return variable, old, new
 
@@ -400,7 +404,7 @@ class PerturbationReplay:
                 change, change.new_zeros(()).expand(change.shape[1:]), before, after
             )
             change = self._stack(change, batch_dim)
-            alternatives = site._alternatives()
+            alternatives = site.alternatives
             return SparseStack(stacked, site.value, coordinate, change, alternatives, alternative)
         if site.changes_one_hot_variable:
             variable, old, new = site.category_changes(lo, hi)

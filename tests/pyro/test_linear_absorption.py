@@ -12,6 +12,20 @@ from pyro_go.infer import linear_absorption
 LATENTS, PIXELS = 6, 16
 
 
+@pytest.fixture
+def hits(monkeypatch) -> list[int]:
+    """The products each replay's :class:`AbsorbLinear` absorbed, one entry per replay."""
+    recorded: list[int] = []
+    original = linear_absorption.AbsorbLinear.__exit__
+
+    def record_hits(self, *exc):
+        recorded.append(self.hits)
+        return original(self, *exc)
+
+    monkeypatch.setattr(linear_absorption.AbsorbLinear, "__exit__", record_hits)
+    return recorded
+
+
 def make_decoder(kind: str) -> nn.Module:
     torch.manual_seed(1)
     if kind == "linear":
@@ -62,15 +76,7 @@ def vae(decoder: nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["linear", "nonlinear", "matmul", "convolutional"])
-def test_absorption_on_and_off_give_the_same_gradients(kind, monkeypatch):
-    hits = []
-    original = linear_absorption.AbsorbLinear.__exit__
-
-    def record_hits(self, *exc):
-        hits.append(self.hits)
-        return original(self, *exc)
-
-    monkeypatch.setattr(linear_absorption.AbsorbLinear, "__exit__", record_hits)
+def test_absorption_on_and_off_give_the_same_gradients(kind, hits):
     model, guide, params = vae(make_decoder(kind))
     x = (torch.rand(5, PIXELS) > 0.5).float()
     grads = {}
@@ -144,16 +150,8 @@ def one_hot_vae(flatten):
     ],
     ids=["flatten", "reshape", "view"],
 )
-def test_one_hot_categorical_absorbs_two_columns(flatten, monkeypatch):
+def test_one_hot_categorical_absorbs_two_columns(flatten, hits):
     """A one-hot category change is the difference of two columns of W."""
-    hits = []
-    original = linear_absorption.AbsorbLinear.__exit__
-
-    def record_hits(self, *exc):
-        hits.append(self.hits)
-        return original(self, *exc)
-
-    monkeypatch.setattr(linear_absorption.AbsorbLinear, "__exit__", record_hits)
     model, guide, params = one_hot_vae(flatten)
     x = (torch.rand(5, PIXELS) > 0.5).float()
     grads = {}
