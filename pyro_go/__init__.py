@@ -2,11 +2,23 @@
 
 Swap :class:`pyro.infer.Trace_ELBO` for :class:`TraceGO_ELBO` to get unbiased,
 low-variance gradients through discrete and non-reparameterisable latent variables.
+:class:`TraceRELAX_ELBO` offers RELAX / REBAR (Grathwohl et al. 2018) beside it.
 """
 
 from pyro_go.distributions import get_go_rule, go_surrogate, register_go_rule
-from pyro_go.infer import TraceGO_ELBO
+from pyro_go.infer import REBAR, RELAX, Baseline, ControlVariate, TraceGO_ELBO, TraceRELAX_ELBO
 
 __version__ = "0.1.0"
 
-__all__ = ["TraceGO_ELBO", "__version__", "get_go_rule", "go_surrogate", "register_go_rule"]
+__all__ = [
+    "REBAR",
+    "RELAX",
+    "Baseline",
+    "ControlVariate",
+    "TraceGO_ELBO",
+    "TraceRELAX_ELBO",
+    "__version__",
+    "get_go_rule",
+    "go_surrogate",
+    "register_go_rule",
+]

@@ -10,7 +10,6 @@ from typing import Literal
 
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.tracegraph_elbo import _construct_baseline
 from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
@@ -20,6 +19,14 @@ from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 
 from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 from pyro_go.infer.perturbation import DiscreteLeafSite, PerturbationReplay
+from pyro_go.infer.trace_utils import (
+    coupling_free_frames,
+    guide_log_density,
+    latent_sites,
+    plain,
+    sample_sites,
+    vectorized_frames,
+)
 from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
 from pyro_go.poutine.go_sample_messenger import GOSampleMessenger
 
@@ -38,22 +45,6 @@ class _Particle:
     discrete: dict = field(default_factory=dict)
     internal: dict[str, list[str]] = field(default_factory=dict)
     leaves: dict = field(default_factory=dict)
-
-
-def _sample_sites(trace):
-    return {name: site for name, site in trace.nodes.items() if site["type"] == "sample"}
-
-
-def _latent_sites(trace):
-    return {name: site for name, site in _sample_sites(trace).items() if not site["is_observed"]}
-
-
-def _vectorized_frames(site) -> tuple:
-    return tuple(frame for frame in site["cond_indep_stack"] if frame.vectorized)
-
-
-def _plain(value: torch.Tensor) -> torch.Tensor:
-    return strip(value).detach()
 
 
 class TraceGO_ELBO(ELBO):
@@ -181,7 +172,7 @@ class TraceGO_ELBO(ELBO):
             *args, **kwargs
         )
         tracked = {}
-        for name, node in _sample_sites(raw_guide_trace).items():
+        for name, node in sample_sites(raw_guide_trace).items():
             if isinstance(node["value"], ProvenanceTensor):
                 tracked[name] = node["value"]
                 node["value"] = node["value"]._t
@@ -203,9 +194,9 @@ class TraceGO_ELBO(ELBO):
         model_trace = prune_subsample_sites(model_trace)
         model_trace.compute_log_prob()
         if is_validation_enabled():
-            for site in _sample_sites(model_trace).values():
+            for site in sample_sites(model_trace).values():
                 check_site_shape(site, self.max_plate_nesting)
-            for site in _sample_sites(guide_trace).values():
+            for site in sample_sites(guide_trace).values():
                 check_site_shape(site, self.max_plate_nesting)
         particle = _Particle(model, model_trace, guide_trace, raw_guide_trace, args, kwargs)
         particle.discrete = discrete
@@ -263,9 +254,9 @@ class TraceGO_ELBO(ELBO):
     @staticmethod
     def _elbo_value(particle: _Particle) -> float:
         elbo = 0.0
-        for site in _sample_sites(particle.model_trace).values():
+        for site in sample_sites(particle.model_trace).values():
             elbo += torch_item(strip(site["log_prob_sum"]))
-        for site in _latent_sites(particle.guide_trace).values():
+        for site in latent_sites(particle.guide_trace).values():
             elbo -= torch_item(strip(site["log_prob_sum"]))
         return elbo
 
@@ -282,7 +273,7 @@ class TraceGO_ELBO(ELBO):
         A child is a latent guide site whose distribution's parameters carry the
         discrete site's provenance."""
         children: dict[str, list[str]] = {}
-        for name, site in _latent_sites(guide_trace).items():
+        for name, site in latent_sites(guide_trace).items():
             for parent in provenance_of(site["log_prob"]) & discrete.keys():
                 if parent != name:
                     children.setdefault(parent, []).append(name)
@@ -316,9 +307,9 @@ class TraceGO_ELBO(ELBO):
     def _depth(self, particle: _Particle) -> int:
         depth = 0 if math.isinf(self.max_plate_nesting) else int(self.max_plate_nesting)
         for trace in (particle.model_trace, particle.guide_trace):
-            for site in _sample_sites(trace).values():
+            for site in sample_sites(trace).values():
                 depth = max(depth, len(getattr(site["fn"], "batch_shape", ())))
-                for frame in _vectorized_frames(site):
+                for frame in vectorized_frames(site):
                     depth = max(depth, -frame.dim)
         return depth
 
@@ -326,22 +317,15 @@ class TraceGO_ELBO(ELBO):
         """Layouts of the discrete leaf sites and, for each model site, the leaf sites it
         depends on (by provenance)."""
         dependents: dict[str, frozenset] = {}
-        for name, site in _sample_sites(particle.model_trace).items():
+        for name, site in sample_sites(particle.model_trace).items():
             depends_on = provenance_of(site["log_prob"]) & leaves.keys()
             if depends_on:
                 dependents[name] = frozenset(depends_on)
         layouts = []
         for name, rule in leaves.items():
             guide_site = particle.guide_trace.nodes[name]
-            frames = []
-            for frame in _vectorized_frames(guide_site):
-                if all(
-                    frame in particle.model_trace.nodes[other]["cond_indep_stack"]
-                    for other, sources in dependents.items()
-                    if name in sources
-                ):
-                    frames.append(frame)
-            value = _plain(guide_site["value"])
+            frames = coupling_free_frames(name, guide_site, particle.model_trace, dependents)
+            value = plain(guide_site["value"])
             expected = guide_site["fn"].batch_shape + guide_site["fn"].event_shape
             if value.shape != expected:
                 raise ValueError(
@@ -349,19 +333,19 @@ class TraceGO_ELBO(ELBO):
                     f"{tuple(value.shape)} but its distribution has shape {tuple(expected)}; "
                     "GO needs the value to match batch_shape + event_shape."
                 )
-            layouts.append(DiscreteLeafSite(name, rule, guide_site, value, tuple(frames)))
+            layouts.append(DiscreteLeafSite(name, rule, guide_site, value, frames))
         return layouts, dependents
 
     def _go_terms(self, particle: _Particle, leaves: dict) -> torch.Tensor:
         layouts, dependents = self._leaf_sites(particle, leaves)
         plain_trace = particle.raw_guide_trace.copy()
-        for name, node in _sample_sites(particle.raw_guide_trace).items():
+        for name, node in sample_sites(particle.raw_guide_trace).items():
             if torch.is_tensor(node["value"]):
-                plain_trace.nodes[name] = dict(node, value=_plain(node["value"]))
+                plain_trace.nodes[name] = dict(node, value=plain(node["value"]))
         # latent model sites without a guide site keep their sampled value in replays
-        for name, node in _latent_sites(particle.model_trace).items():
+        for name, node in latent_sites(particle.model_trace).items():
             if name not in plain_trace.nodes:
-                plain_trace.nodes[name] = dict(node, value=_plain(node["value"]))
+                plain_trace.nodes[name] = dict(node, value=plain(node["value"]))
         replay = PerturbationReplay(
             particle.model,
             plain_trace,
@@ -385,16 +369,16 @@ class TraceGO_ELBO(ELBO):
         """Score-function terms (and baseline losses) of discrete internal sites."""
         surrogate = 0.0
         baseline_loss = 0.0
-        model_sites = _sample_sites(particle.model_trace)
-        guide_sites = _latent_sites(particle.guide_trace)
+        model_sites = sample_sites(particle.model_trace)
+        guide_sites = latent_sites(particle.guide_trace)
         for name in internal:
             cost = MultiFrameTensor()
             for site in model_sites.values():
                 if name in provenance_of(site["log_prob"]):
-                    cost.add((site["cond_indep_stack"], _plain(site["log_prob"])))
+                    cost.add((site["cond_indep_stack"], plain(site["log_prob"])))
             for other, site in guide_sites.items():
                 if other == name or name in provenance_of(site["log_prob"]):
-                    cost.add((site["cond_indep_stack"], -_plain(site["log_prob"])))
+                    cost.add((site["cond_indep_stack"], -plain(site["log_prob"])))
             guide_site = guide_sites[name]
             downstream_cost = cost.sum_to(guide_site["cond_indep_stack"])
             use_baseline, site_baseline_loss, baseline = _construct_baseline(
@@ -407,27 +391,18 @@ class TraceGO_ELBO(ELBO):
             surrogate = surrogate + (score * downstream_cost.detach()).sum()
         return surrogate, baseline_loss
 
-    def _guide_term(self, site) -> torch.Tensor:
-        """``log q`` of a continuous site, with its parameters held fixed if sticking."""
-        log_q = strip(site["log_prob_sum"])
-        if not self.stick_the_landing:
-            return log_q
-        value = _plain(site["value"])
-        log_q_params = scale_and_mask(site["fn"].log_prob(value), site["scale"], site["mask"]).sum()
-        return log_q - log_q_params + log_q_params.detach()
-
     def _surrogate_loss(self, particle: _Particle) -> torch.Tensor:
         guide_trace = particle.guide_trace
         discrete, internal, leaves = particle.discrete, particle.internal, particle.leaves
 
         surrogate_elbo = 0.0
-        for site in _sample_sites(particle.model_trace).values():
+        for site in sample_sites(particle.model_trace).values():
             surrogate_elbo = surrogate_elbo + strip(site["log_prob_sum"])
-        for name, site in _latent_sites(guide_trace).items():
+        for name, site in latent_sites(guide_trace).items():
             if name in discrete:
                 surrogate_elbo = surrogate_elbo - strip(site["log_prob_sum"]).detach()
             else:
-                surrogate_elbo = surrogate_elbo - self._guide_term(site)
+                surrogate_elbo = surrogate_elbo - guide_log_density(site, self.stick_the_landing)
 
         gradient_only = 0.0
         if leaves:
