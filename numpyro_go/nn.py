@@ -15,6 +15,12 @@ while it replays the model, which traced value is such a stack (:func:`absorbing
 consumes a discrete latent, or the :func:`Dense` stax layer — uses the structure when it
 is handed exactly that value.  Any other input, or any call outside a replay, computes
 ``x @ W + b``.  ``TraceGO_ELBO(absorb_linear=False)`` turns the shortcut off.
+
+When the perturbed site is binary, the layer's output is itself structured — the same
+logits ``h`` shifted by ``±W[i]`` — and if it goes straight into an observed
+``Bernoulli(logits=...)`` the estimator evaluates that likelihood in closed form
+(:func:`numpyro_go.infer.perturbation.shifted_bernoulli_log_prob`): the flipped
+likelihood needs no ``softplus`` per entry, which is what makes the flips cheap.
 """
 
 from __future__ import annotations
@@ -41,20 +47,44 @@ class OneCoordinateStack:
     change: jax.Array
     alternatives: jax.Array
     alternative: jax.Array
+    #: whether ``change`` is always ``−1``, ``0`` or ``1`` (a binary site's flips)
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class ShiftedOutput:
+    """``value`` (one stack entry under ``vmap``), the output of :func:`linear` on a
+    binary :class:`OneCoordinateStack`, equals ``base + change · weight[coordinate]``
+    with ``base`` the same for every entry: a logit vector shifted by ``±`` one row."""
+
+    value: jax.Array
+    base: jax.Array
+    change: jax.Array
+    coordinate: jax.Array
+    weight: jax.Array
 
 
 _ACTIVE: list[OneCoordinateStack] = []
+_SHIFTED: list[ShiftedOutput] = []
 
 
 @contextlib.contextmanager
 def absorbing(stack: OneCoordinateStack) -> Iterator[None]:
     """Within this context, :func:`linear` applied to ``stack.value`` uses the
-    structure."""
+    structure, and records its output's (:func:`shifted_output`)."""
     _ACTIVE.append(stack)
+    recorded = len(_SHIFTED)
     try:
         yield
     finally:
         _ACTIVE.remove(stack)
+        del _SHIFTED[recorded:]
+
+
+def shifted_output(x: jax.Array) -> ShiftedOutput | None:
+    """The structure of ``x`` if it is the output of :func:`linear` on a binary stack
+    entry inside the current :func:`absorbing` context."""
+    return next((shifted for shifted in _SHIFTED if shifted.value is x), None)
 
 
 def linear(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None) -> jax.Array:
@@ -68,10 +98,14 @@ def linear(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None) -> ja
     stack = next((s for s in _ACTIVE if s.value is x), None)
     if stack is None:
         out = x @ weight
-    else:
-        row = jnp.take(weight, stack.coordinate, axis=0)
-        out = stack.base @ weight + stack.change[..., None] * row
-    return out if bias is None else out + bias
+        return out if bias is None else out + bias
+    base = stack.base @ weight
+    if bias is not None:
+        base = base + bias
+    out = base + stack.change[..., None] * jnp.take(weight, stack.coordinate, axis=0)
+    if stack.binary:
+        _SHIFTED.append(ShiftedOutput(out, base, stack.change, stack.coordinate, weight))
+    return out
 
 
 def Dense(out_dim: int, W_init=None, b_init=None):  # noqa: N802  (stax naming)
@@ -91,4 +125,4 @@ def Dense(out_dim: int, W_init=None, b_init=None):  # noqa: N802  (stax naming)
     return init_fun, apply_fun
 
 
-__all__ = ["Dense", "OneCoordinateStack", "absorbing", "linear"]
+__all__ = ["Dense", "OneCoordinateStack", "ShiftedOutput", "absorbing", "linear", "shifted_output"]

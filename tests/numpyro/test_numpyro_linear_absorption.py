@@ -104,3 +104,44 @@ def test_linear_outside_a_replay_is_the_product():
     weight = jax.random.normal(jax.random.PRNGKey(2), (LATENTS, PIXELS))
     z = jnp.ones((BATCH, LATENTS))
     np.testing.assert_allclose(go_nn.linear(z, weight, jnp.ones(PIXELS)), z @ weight + 1.0)
+
+
+@pytest.mark.parametrize("weight_scale", [1.0, 30.0], ids=["grouped-product", "per-element"])
+@pytest.mark.parametrize("event", [True, False], ids=["event", "elementwise"])
+def test_shifted_bernoulli_likelihood_matches_log_prob(weight_scale, event):
+    """The closed-form flipped likelihood equals ``Bernoulli(h ± W[i]).log_prob``, for
+    weights small enough for grouped products and large enough to need the fallback."""
+    from numpyro_go.infer.perturbation import shifted_bernoulli_log_prob
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    base = 3.0 * jax.random.normal(keys[0], (BATCH, PIXELS + 3))
+    weight = weight_scale * jax.random.normal(keys[1], (LATENTS, PIXELS + 3))
+    x = (jax.random.uniform(keys[2], base.shape) > 0.5).astype(jnp.float32)
+    change = jnp.array([1.0, -1.0, 0.0, 1.0, -1.0])
+    for coordinate in (0, LATENTS - 1):
+        logits = base + change[:, None] * weight[coordinate]
+        go_nn._SHIFTED.append(go_nn.ShiftedOutput(logits, base, change, coordinate, weight))
+        try:
+            fn = dist.Bernoulli(logits=logits)
+            fn = fn.to_event(1) if event else fn
+            structured = shifted_bernoulli_log_prob(fn, x)
+        finally:
+            go_nn._SHIFTED.clear()
+        np.testing.assert_allclose(structured, fn.log_prob(x), rtol=1e-5, atol=2e-4)
+
+
+def test_linear_vae_takes_the_closed_form_likelihood(monkeypatch):
+    from numpyro_go.infer import perturbation
+
+    used = []
+    original = perturbation.shifted_bernoulli_log_prob
+
+    def spy(fn, value):
+        result = original(fn, value)
+        used.append(result is not None)
+        return result
+
+    monkeypatch.setattr(perturbation, "shifted_bernoulli_log_prob", spy)
+    model, guide = make_problem(decoders([])["linear"], (LATENTS,))
+    gradients(model, guide, True, jax.random.PRNGKey(0))
+    assert any(used)
