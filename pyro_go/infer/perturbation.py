@@ -35,6 +35,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
+from torch.distributions import constraints
 
 from pyro_go.distributions.registry import unwrap_distribution
 from pyro_go.distributions.rules import DiscreteRule
@@ -43,6 +44,7 @@ from pyro_go.infer.linear_absorption import (
     OneHotStack,
     SparseStack,
     one_coordinate_log_prob,
+    shifted_bernoulli_log_prob,
 )
 from pyro_go.ops.provenance import strip
 
@@ -267,15 +269,18 @@ class PerturbationReplay:
             pieces.append(fill.expand((after,) + fill.shape))
         return torch.cat(pieces) if len(pieces) > 1 else own
 
-    def _replay(self, values: dict[str, torch.Tensor], stacks: list) -> Trace:
+    def _replay(self, values: dict[str, torch.Tensor], stacks: list) -> tuple[Trace, dict]:
+        """The replayed model trace, and the linear outputs with a shifted structure."""
         trace = self.guide_trace.copy()
         for name, value in values.items():
             trace.nodes[name] = dict(trace.nodes[name], value=value)
+        absorb = AbsorbLinear(stacks) if stacks else None
         try:
-            with AbsorbLinear(stacks) if stacks else contextlib.nullcontext():
-                return poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
+            with absorb if absorb else contextlib.nullcontext():
+                model_trace = poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
                     *self.args, **self.kwargs
                 )
+            return model_trace, absorb.shifted if absorb else {}
         except (RuntimeError, ValueError, IndexError) as error:
             raise ValueError(
                 "TraceGO_ELBO could not replay the model over a stack of perturbed "
@@ -301,18 +306,19 @@ class PerturbationReplay:
             )
 
     @staticmethod
-    def _site_log_prob(fn, value: torch.Tensor, stacks: list) -> torch.Tensor | None:
-        """``fn.log_prob(value)`` through the structure of the stack ``value`` is, if any
-        and if ``fn`` allows (:func:`one_coordinate_log_prob`)."""
+    def _site_log_prob(fn, value: torch.Tensor, stacks: list, shifted: dict) -> torch.Tensor | None:
+        """``fn.log_prob(value)`` through the structure of the stack ``value`` is
+        (:func:`one_coordinate_log_prob`), or of ``fn``'s logits
+        (:func:`shifted_bernoulli_log_prob`), if any and if ``fn`` allows."""
         for stack in stacks:
             if stack.stacked is value and isinstance(stack, SparseStack):
                 return one_coordinate_log_prob(fn, stack)
-        return None
+        return shifted_bernoulli_log_prob(fn, value, shifted) if shifted else None
 
     def _log_f(self, values: dict, stacks: list, num: int) -> dict[str, torch.Tensor]:
         """``f`` terms that change, summed to each perturbed site's independent plates:
         site name -> ``[num, *kept]``."""
-        model_trace = self._replay(values, stacks)
+        model_trace, shifted = self._replay(values, stacks)
         totals: dict[str, torch.Tensor] = {}
         for name, node in model_trace.nodes.items():
             if node["type"] != "sample" or isinstance(node["fn"], _Subsample):
@@ -320,7 +326,7 @@ class PerturbationReplay:
             affected = self.dependents.get(name, frozenset()) & values.keys()
             if not affected:
                 continue
-            log_prob = self._site_log_prob(node["fn"], node["value"], stacks)
+            log_prob = self._site_log_prob(node["fn"], node["value"], stacks, shifted)
             if log_prob is None:
                 log_prob = node["fn"].log_prob(node["value"], *node["args"], **node["kwargs"])
             log_prob = scale_and_mask(log_prob, node["scale"], node["mask"])
@@ -334,7 +340,7 @@ class PerturbationReplay:
         for site_name, value in values.items():
             site = self._by_name[site_name]
             guide_node = site.guide_site
-            log_q = self._site_log_prob(guide_node["fn"], value, stacks)
+            log_q = self._site_log_prob(guide_node["fn"], value, stacks, shifted)
             if log_q is None:
                 log_q = guide_node["fn"].log_prob(value)
             log_q = scale_and_mask(log_q, guide_node["scale"], guide_node["mask"])
@@ -405,7 +411,10 @@ class PerturbationReplay:
             )
             change = self._stack(change, batch_dim)
             alternatives = site.alternatives
-            return SparseStack(stacked, site.value, coordinate, change, alternatives, alternative)
+            binary = site.base_fn.support is constraints.boolean
+            return SparseStack(
+                stacked, site.value, coordinate, change, alternatives, alternative, binary
+            )
         if site.changes_one_hot_variable:
             variable, old, new = site.category_changes(lo, hi)
             variable = self._pad_entries(variable, variable.new_zeros(()), before, after)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pyro_go import TraceGO_ELBO
-from pyro_go.infer import linear_absorption
+from pyro_go.infer import linear_absorption, perturbation
 
 LATENTS, PIXELS = 6, 16
 
@@ -162,3 +162,39 @@ def test_one_hot_categorical_absorbs_two_columns(flatten, hits):
     for on, off in zip(grads[True], grads[False], strict=True):
         torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-5)
     assert hits == [1]
+
+
+@pytest.mark.parametrize("kind", ["linear", "matmul"])
+def test_linear_consumer_takes_the_closed_form_likelihood(kind, monkeypatch):
+    used = []
+    original = linear_absorption.shifted_bernoulli_log_prob
+
+    def spy(fn, value, shifted):
+        result = original(fn, value, shifted)
+        used.append(result is not None)
+        return result
+
+    monkeypatch.setattr(perturbation, "shifted_bernoulli_log_prob", spy)
+    model, guide, _ = vae(make_decoder(kind))
+    TraceGO_ELBO().differentiable_loss(model, guide, (torch.rand(5, PIXELS) > 0.5).float())
+    assert any(used)
+
+
+@pytest.mark.parametrize("weight_scale", [1.0, 30.0], ids=["grouped-product", "per-element"])
+@pytest.mark.parametrize("event", [True, False], ids=["event", "elementwise"])
+def test_shifted_bernoulli_likelihood_matches_log_prob(weight_scale, event):
+    """The closed-form flipped likelihood equals ``Bernoulli(h ± W[:, i]).log_prob``, for
+    weights small enough for grouped products and large enough to need the fallback."""
+    torch.manual_seed(3)
+    pixels = PIXELS + 3
+    base = 3.0 * torch.randn(5, pixels)
+    columns = weight_scale * torch.randn(LATENTS, pixels)
+    x = (torch.rand(5, pixels) > 0.5).float()
+    index = torch.tensor([0, LATENTS - 1, 2])
+    change = torch.tensor([1.0, -1.0, 0.0, 1.0, -1.0]).expand(3, 5)
+    logits = base + change.unsqueeze(-1) * columns[index].unsqueeze(1)
+    record = linear_absorption.ShiftedOutput(logits, base, change, index, columns)
+    fn = dist.Bernoulli(logits=logits)
+    fn = fn.to_event(1) if event else fn
+    structured = linear_absorption.shifted_bernoulli_log_prob(fn, x, {id(logits): record})
+    torch.testing.assert_close(structured, fn.log_prob(x), rtol=1e-5, atol=2e-4)
