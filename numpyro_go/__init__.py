@@ -2,12 +2,31 @@
 
 Swap :class:`numpyro.infer.Trace_ELBO` for :class:`TraceGO_ELBO` to get unbiased,
 low-variance gradients through discrete and non-reparameterisable latent variables,
-``jax.jit``-compiled end to end.
+``jax.jit``-compiled end to end.  :class:`TraceRELAX_ELBO` offers the RELAX / REBAR
+estimators (Grathwohl et al., ICLR 2018; Tucker et al., NeurIPS 2017) for comparison.
 """
 
 from numpyro_go.distributions import get_go_rule, go_surrogate, register_go_rule
-from numpyro_go.infer import TraceGO_ELBO
+from numpyro_go.infer import (
+    REBAR,
+    RELAX,
+    Baseline,
+    ControlVariate,
+    TraceGO_ELBO,
+    TraceRELAX_ELBO,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["TraceGO_ELBO", "__version__", "get_go_rule", "go_surrogate", "register_go_rule"]
+__all__ = [
+    "REBAR",
+    "RELAX",
+    "Baseline",
+    "ControlVariate",
+    "TraceGO_ELBO",
+    "TraceRELAX_ELBO",
+    "__version__",
+    "get_go_rule",
+    "go_surrogate",
+    "register_go_rule",
+]
