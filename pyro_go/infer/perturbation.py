@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -276,7 +277,9 @@ class PerturbationReplay:
             trace.nodes[name] = dict(trace.nodes[name], value=value)
         absorb = AbsorbLinear(stacks) if stacks else None
         try:
-            with absorb if absorb else contextlib.nullcontext():
+            # the base sample's run already validated the model's distributions; checking
+            # them again over the whole stack would cost more than the replay itself
+            with pyro.validation_enabled(False), absorb if absorb else contextlib.nullcontext():
                 model_trace = poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
                     *self.args, **self.kwargs
                 )

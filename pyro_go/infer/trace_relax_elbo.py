@@ -83,6 +83,11 @@ class TraceRELAX_ELBO(ELBO):
         optimizer, e.g. the reference setting ``pyro.optim.Adam({"lr": 10 * lr,
         "betas": (0.9, 0.99999)})``.
 
+    Control-variate parameters are named after the site (``"<site>.relax_eta"``, ...): two
+    ELBOs trained on the same site names share them (``pyro.module`` returns the stored
+    tensors), so give each its own param store or rename the sites
+    (:func:`pyro.contrib.autoname.scope`) to compare estimators side by side.
+
     After each gradient estimate :attr:`last_variance` maps each site to ``Σ ĝ_l²``
     averaged over particles: the single-sample estimate of ``tr Var ĝ_l + |E ĝ_l|²``
     that the control variate is trained to minimise.
