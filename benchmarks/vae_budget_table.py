@@ -289,6 +289,8 @@ def main() -> None:
     print("\n".join(lines))
     if not args.quick:
         stem = f"vae_budget_batch{args.batch_size}"
+        if args.threads and args.threads > 1:
+            stem += f"_{args.threads}threads"
         (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
         plot_curves(
             curves,
