@@ -1,4 +1,4 @@
-"""TraceGO_ELBO runs wherever the tensors live: no CPU-only code paths.
+"""TraceGO_ELBO and TraceRELAX_ELBO run wherever the tensors live: no CPU-only code paths.
 
 CI has no GPU, so it runs the ``cpu`` variants; on a CUDA machine the same tests run on
 the GPU (``pytest tests/pyro/test_devices.py``).
@@ -11,7 +11,7 @@ import torch
 from conftest import assert_unbiased, exact_gradient, gradient_samples
 from test_unbiased import bernoulli_exact_neg_elbo, bernoulli_guide, bernoulli_model
 
-from pyro_go import TraceGO_ELBO
+from pyro_go import TraceGO_ELBO, TraceRELAX_ELBO
 from pyro_go.distributions import GOPoisson
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -27,6 +27,21 @@ def test_unbiased_on_device(device):
         exact = exact_gradient(bernoulli_exact_neg_elbo(), params)
         samples = gradient_samples(TraceGO_ELBO(), bernoulli_model, bernoulli_guide, params, 800)
     assert samples.device.type == device
+    assert_unbiased(samples.cpu(), exact.cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_relax_unbiased_on_device(device):
+    """Noise, control-variate parameters and the default network follow the logits."""
+    with torch.device(device):
+        bernoulli_guide()
+        bernoulli_model()
+        params = [pyro.param("logits").unconstrained(), pyro.param("prior_logits").unconstrained()]
+        exact = exact_gradient(bernoulli_exact_neg_elbo(), params)
+        elbo = TraceRELAX_ELBO()
+        samples = gradient_samples(elbo, bernoulli_model, bernoulli_guide, params, 1500)
+    assert samples.device.type == device
+    assert pyro.param("z.relax_eta").device.type == device
     assert_unbiased(samples.cpu(), exact.cpu())
 
 
