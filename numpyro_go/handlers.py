@@ -9,6 +9,19 @@ from numpyro.primitives import Messenger
 from numpyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 
 
+def refuse_enumeration(msg, elbo: str) -> None:
+    """Raise a :class:`ValueError` naming the site if a guide site asks for enumeration:
+    the estimators of this package work from samples."""
+    flag = msg["infer"].get("enumerate")
+    if flag:
+        raise ValueError(
+            f"{elbo}: guide site '{msg['name']}' asks for enumeration "
+            f"(infer={{'enumerate': {flag!r}}}). {elbo} estimates gradients from samples; "
+            "remove the enumerate flag (or config_enumerate) from the guide, or use "
+            "numpyro.infer.TraceEnum_ELBO for this site."
+        )
+
+
 class go_sample(Messenger):
     """Samples the guide's latent sites the way the GO estimator needs them.
 
@@ -34,13 +47,7 @@ class go_sample(Messenger):
         if msg["type"] != "sample" or msg["is_observed"]:
             return
         name, fn = msg["name"], msg["fn"]
-        if msg["infer"].get("enumerate"):
-            raise ValueError(
-                f"TraceGO_ELBO: guide site '{name}' asks for enumeration "
-                f"(infer={{'enumerate': {msg['infer']['enumerate']!r}}}). GO estimates "
-                "gradients from samples; remove the enumerate flag (or config_enumerate) "
-                "from the guide, or use numpyro.infer.TraceEnum_ELBO for this site."
-            )
+        refuse_enumeration(msg, "TraceGO_ELBO")
         form = msg["infer"].get("go_categorical_form", self.categorical_form)
         rule = get_go_rule(fn, form)
         if rule is None:

@@ -17,30 +17,7 @@ from numpyro.util import _validate_model, check_model_guide_match
 from numpyro_go.distributions.registry import CategoricalForm, get_go_rule
 from numpyro_go.handlers import go_sample
 from numpyro_go.infer.perturbation import LeafLayout, PerturbationReplay
-
-
-def _sample_sites(trace_: dict) -> dict:
-    return {name: site for name, site in trace_.items() if site["type"] == "sample"}
-
-
-def _latent_sites(trace_: dict) -> dict:
-    return {name: site for name, site in _sample_sites(trace_).items() if not site["is_observed"]}
-
-
-def _log_prob(site: dict, value=None) -> jax.Array:
-    """Scaled ``log_prob`` of a sample site (at ``value`` if given)."""
-    value = site["value"] if value is None else value
-    if site["intermediates"] and value is site["value"]:
-        log_prob = site["fn"].log_prob(value, site["intermediates"])
-    else:
-        log_prob = site["fn"].log_prob(value)
-    if site["scale"] is not None:
-        log_prob = site["scale"] * log_prob
-    return log_prob
-
-
-def _frame_names(site: dict) -> set[str]:
-    return {frame.name for frame in site["cond_indep_stack"]}
+from numpyro_go.infer.trace_utils import frame_names, latent_sites, log_prob, sample_sites
 
 
 class TraceGO_ELBO(ELBO):
@@ -163,16 +140,16 @@ class TraceGO_ELBO(ELBO):
 
         discrete = self._discrete_sites(guide_trace)
         elbo = jnp.zeros(())
-        for site in _sample_sites(model_trace).values():
-            elbo = elbo + jnp.sum(_log_prob(site))
-        for name, site in _latent_sites(guide_trace).items():
+        for site in sample_sites(model_trace).values():
+            elbo = elbo + jnp.sum(log_prob(site))
+        for name, site in latent_sites(guide_trace).items():
             if name in discrete:
-                elbo = elbo - stop_gradient(jnp.sum(_log_prob(site)))
+                elbo = elbo - stop_gradient(jnp.sum(log_prob(site)))
             else:
                 elbo = elbo - self._guide_term(site)
 
         if discrete:
-            latents = {name: site["value"] for name, site in _latent_sites(guide_trace).items()}
+            latents = {name: site["value"] for name, site in latent_sites(guide_trace).items()}
             model_deps, guide_deps = get_nonreparam_deps(
                 model, guide, args, kwargs, param_map, latents=latents
             )
@@ -202,15 +179,15 @@ class TraceGO_ELBO(ELBO):
 
     def _guide_term(self, site: dict) -> jax.Array:
         """``log q`` of a continuous site, with its parameters held fixed if sticking."""
-        log_q = jnp.sum(_log_prob(site))
+        log_q = jnp.sum(log_prob(site))
         if not self.stick_the_landing:
             return log_q
-        log_q_params = jnp.sum(_log_prob(site, stop_gradient(site["value"])))
+        log_q_params = jnp.sum(log_prob(site, stop_gradient(site["value"])))
         return log_q - log_q_params + stop_gradient(log_q_params)
 
     def _discrete_sites(self, guide_trace: dict) -> dict:
         discrete = {}
-        for name, site in _latent_sites(guide_trace).items():
+        for name, site in latent_sites(guide_trace).items():
             form = site["infer"].get("go_categorical_form", self.categorical_form)
             rule = get_go_rule(site["fn"], form)
             if rule is not None and rule.kind == "discrete":
@@ -220,7 +197,7 @@ class TraceGO_ELBO(ELBO):
     def _internal_sites(self, guide_trace, discrete, guide_deps) -> dict[str, list[str]]:
         """Discrete sites with children in the guide: name -> names of the children."""
         children: dict[str, list[str]] = {}
-        for name in _latent_sites(guide_trace):
+        for name in latent_sites(guide_trace):
             for parent in guide_deps[name] & discrete.keys():
                 if parent != name:
                     children.setdefault(parent, []).append(name)
@@ -256,7 +233,7 @@ class TraceGO_ELBO(ELBO):
         }
         data.update(param_map)
         for trace_ in (model_trace, guide_trace):
-            for name, site in _latent_sites(trace_).items():
+            for name, site in latent_sites(trace_).items():
                 data[name] = site["value"]
         data = jax.tree.map(stop_gradient, data)
         return PerturbationReplay(
@@ -276,7 +253,7 @@ class TraceGO_ELBO(ELBO):
             kept = frozenset(
                 frame.dim
                 for frame in site["cond_indep_stack"]
-                if all(frame.name in _frame_names(consumer) for consumer in consumers)
+                if all(frame.name in frame_names(consumer) for consumer in consumers)
             )
             layout = LeafLayout(name, rule, site["fn"], site["value"], site["scale"], kept)
             self.last_num_evaluations += 1 + layout.num_entries
@@ -289,16 +266,16 @@ class TraceGO_ELBO(ELBO):
         """Score-function terms of discrete internal sites, Rao-Blackwellised by
         provenance (as :class:`~numpyro.infer.TraceGraph_ELBO`)."""
         surrogate = jnp.zeros(())
-        guide_sites = _latent_sites(guide_trace)
+        guide_sites = latent_sites(guide_trace)
         for name in internal:
             cost = MultiFrameTensor()
-            for other, site in _sample_sites(model_trace).items():
+            for other, site in sample_sites(model_trace).items():
                 if name in model_deps[other]:
-                    cost.add((site["cond_indep_stack"], stop_gradient(_log_prob(site))))
+                    cost.add((site["cond_indep_stack"], stop_gradient(log_prob(site))))
             for other, site in guide_sites.items():
                 if name in guide_deps[other]:
-                    cost.add((site["cond_indep_stack"], -stop_gradient(_log_prob(site))))
+                    cost.add((site["cond_indep_stack"], -stop_gradient(log_prob(site))))
             site = guide_sites[name]
             downstream_cost = cost.sum_to(site["cond_indep_stack"])
-            surrogate = surrogate + jnp.sum(_log_prob(site) * stop_gradient(downstream_cost))
+            surrogate = surrogate + jnp.sum(log_prob(site) * stop_gradient(downstream_cost))
         return surrogate

@@ -23,14 +23,10 @@ from numpyro.primitives import Messenger
 from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_go.distributions.registry import unwrap_distribution
+from numpyro_go.handlers import refuse_enumeration
 from numpyro_go.infer.control_variates import RELAX, ControlVariate, RelaxSite
 from numpyro_go.infer.perturbation import _sum_to_kept
-from numpyro_go.infer.trace_go_elbo import (
-    _frame_names,
-    _latent_sites,
-    _log_prob,
-    _sample_sites,
-)
+from numpyro_go.infer.trace_utils import frame_names, latent_sites, log_prob, sample_sites
 from numpyro_go.ops.relaxation import (
     bernoulli_conditional_z,
     bernoulli_score,
@@ -111,8 +107,7 @@ def _slice_dims(site: dict, consumers: list[dict]) -> frozenset[int]:
     return frozenset(
         frame.dim
         for frame in site["cond_indep_stack"]
-        if -ndim <= frame.dim
-        and all(frame.name in _frame_names(consumer) for consumer in consumers)
+        if -ndim <= frame.dim and all(frame.name in frame_names(consumer) for consumer in consumers)
     )
 
 
@@ -204,13 +199,7 @@ class _relax_sample(Messenger):
         if msg["type"] != "sample" or msg["is_observed"]:
             return
         name, fn = msg["name"], msg["fn"]
-        if msg["infer"].get("enumerate"):
-            raise ValueError(
-                f"TraceRELAX_ELBO: guide site '{name}' asks for enumeration "
-                f"(infer={{'enumerate': {msg['infer']['enumerate']!r}}}). RELAX estimates "
-                "gradients from samples; remove the enumerate flag (or config_enumerate) "
-                "from the guide, or use numpyro.infer.TraceEnum_ELBO for this site."
-            )
+        refuse_enumeration(msg, "TraceRELAX_ELBO")
         kind = relax_kind(fn)
         if kind is None:
             if fn.has_rsample:
@@ -349,7 +338,7 @@ class TraceRELAX_ELBO(ELBO):
             with trace() as inner:
                 result = guide(*args, **kwargs)
             sites = {}
-            for name, site in _latent_sites(inner).items():
+            for name, site in latent_sites(inner).items():
                 kind = relax_kind(site["fn"])
                 if kind is not None:
                     sites[name] = (site, kind)
@@ -433,23 +422,23 @@ class TraceRELAX_ELBO(ELBO):
         relax_sites = sampler.kinds
         elbo = jnp.zeros(())
         surrogate_elbo = jnp.zeros(())
-        for site in _sample_sites(model_trace).values():
-            log_p = jnp.sum(_log_prob(site))
+        for site in sample_sites(model_trace).values():
+            log_p = jnp.sum(log_prob(site))
             elbo, surrogate_elbo = elbo + log_p, surrogate_elbo + log_p
-        for name, site in _latent_sites(guide_trace).items():
-            log_q = jnp.sum(_log_prob(site))
+        for name, site in latent_sites(guide_trace).items():
+            log_q = jnp.sum(log_prob(site))
             elbo = elbo - log_q
             if name in relax_sites:
                 surrogate_elbo = surrogate_elbo - stop_gradient(log_q)
             else:  # sticking the landing: guide parameters fixed inside log q
-                log_q_params = jnp.sum(_log_prob(site, stop_gradient(site["value"])))
+                log_q_params = jnp.sum(log_prob(site, stop_gradient(site["value"])))
                 log_q = log_q - log_q_params + stop_gradient(log_q_params)
                 surrogate_elbo = surrogate_elbo - log_q
 
         gradient_terms = jnp.zeros(())
         variances = {}
         if relax_sites:
-            latents = {name: site["value"] for name, site in _latent_sites(guide_trace).items()}
+            latents = {name: site["value"] for name, site in latent_sites(guide_trace).items()}
             model_deps, guide_deps = get_nonreparam_deps(
                 model, guide, args, kwargs, param_map, latents=latents
             )
@@ -479,7 +468,7 @@ class TraceRELAX_ELBO(ELBO):
         for name in relax_sites:
             children = [
                 other
-                for other in _latent_sites(guide_trace)
+                for other in latent_sites(guide_trace)
                 if other != name and name in guide_deps.get(other, ())
             ]
             if children:
@@ -552,9 +541,9 @@ class TraceRELAX_ELBO(ELBO):
             return _sum_to_kept(log_q, kept, ndim)
 
         # f_s(b): the cost per slice at the sample (no gradient)
-        f = _sum_to_kept(_log_prob(site), kept, ndim)
+        f = _sum_to_kept(log_prob(site), kept, ndim)
         for consumer in consumers:
-            f = f - _sum_to_kept(_log_prob(consumer), kept, ndim)
+            f = f - _sum_to_kept(log_prob(consumer), kept, ndim)
         f = stop_gradient(f)
 
         def relaxed_cost(x):
@@ -614,7 +603,7 @@ def _model_slice_dims(model, guide, args, kwargs, names) -> dict[str, frozenset[
             for name, site in tr.items()
             if site["type"] == "param"
         }
-        latents = {name: site["value"] for name, site in _latent_sites(guide_trace).items()}
+        latents = {name: site["value"] for name, site in latent_sites(guide_trace).items()}
         model_deps, _ = get_nonreparam_deps(model, guide, args, kwargs, params, latents=latents)
     result = {}
     for name in names:
@@ -629,7 +618,7 @@ def _replay_data(param_map, model_trace, guide_trace) -> dict:
     data = {name: site["value"] for name, site in model_trace.items() if site["type"] == "plate"}
     data.update(param_map)
     for trace_ in (model_trace, guide_trace):
-        for name, site in _latent_sites(trace_).items():
+        for name, site in latent_sites(trace_).items():
             data[name] = site["value"]
     return jax.tree.map(stop_gradient, data)
 
@@ -650,7 +639,7 @@ def _replay(model, rng_key, data, args, kwargs):
                 if consumer["name"] == name:
                     log_p = _scaled(model_site, _relaxed_model_log_prob(model_site["fn"], value))
                 else:
-                    log_p = _log_prob(model_site)
+                    log_p = log_prob(model_site)
                 total = total - _sum_to_kept(log_p, kept, ndim)
         return total
 

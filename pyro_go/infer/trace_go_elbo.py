@@ -9,13 +9,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from pyro import poutine
 from pyro.infer.elbo import ELBO
 from pyro.infer.tracegraph_elbo import _construct_baseline
-from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
+from pyro.infer.util import MultiFrameTensor, torch_item
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+from pyro.util import warn_if_nan
 
 from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 from pyro_go.infer.perturbation import DiscreteLeafSite, PerturbationReplay
@@ -23,11 +21,14 @@ from pyro_go.infer.trace_utils import (
     coupling_free_frames,
     guide_log_density,
     latent_sites,
+    model_dependents,
     plain,
+    plain_replay_trace,
     sample_sites,
+    trace_with_provenance,
     vectorized_frames,
 )
-from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
+from pyro_go.ops.provenance import provenance_of, strip
 from pyro_go.poutine.go_sample_messenger import GOSampleMessenger
 
 
@@ -168,36 +169,12 @@ class TraceGO_ELBO(ELBO):
         sites it depends on: that decides which terms enter ``D_y f``, the safety rule
         for plates, and the Rao-Blackwellised costs of internal sites.
         """
-        raw_guide_trace = poutine.trace(GOSampleMessenger(self.categorical_form)(guide)).get_trace(
-            *args, **kwargs
+        sampler = GOSampleMessenger(self.categorical_form)
+        raw_guide_trace, guide_trace, model_trace, tracked = trace_with_provenance(
+            sampler(guide), model, args, kwargs, self.max_plate_nesting
         )
-        tracked = {}
-        for name, node in sample_sites(raw_guide_trace).items():
-            if isinstance(node["value"], ProvenanceTensor):
-                tracked[name] = node["value"]
-                node["value"] = node["value"]._t
-        guide_trace = prune_subsample_sites(raw_guide_trace)
-        guide_trace.compute_log_prob()
         discrete = self._discrete_sites(guide_trace, tracked)
         internal = self._internal_sites(guide_trace, discrete)
-
-        replay_trace = raw_guide_trace
-        if tracked:
-            replay_trace = raw_guide_trace.copy()
-            for name, value in tracked.items():
-                replay_trace.nodes[name] = dict(raw_guide_trace.nodes[name], value=value)
-        model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
-            *args, **kwargs
-        )
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, raw_guide_trace, self.max_plate_nesting)
-        model_trace = prune_subsample_sites(model_trace)
-        model_trace.compute_log_prob()
-        if is_validation_enabled():
-            for site in sample_sites(model_trace).values():
-                check_site_shape(site, self.max_plate_nesting)
-            for site in sample_sites(guide_trace).values():
-                check_site_shape(site, self.max_plate_nesting)
         particle = _Particle(model, model_trace, guide_trace, raw_guide_trace, args, kwargs)
         particle.discrete = discrete
         particle.internal = internal
@@ -316,11 +293,7 @@ class TraceGO_ELBO(ELBO):
     def _leaf_sites(self, particle: _Particle, leaves: dict) -> tuple[list, dict]:
         """Layouts of the discrete leaf sites and, for each model site, the leaf sites it
         depends on (by provenance)."""
-        dependents: dict[str, frozenset] = {}
-        for name, site in sample_sites(particle.model_trace).items():
-            depends_on = provenance_of(site["log_prob"]) & leaves.keys()
-            if depends_on:
-                dependents[name] = frozenset(depends_on)
+        dependents = model_dependents(particle.model_trace, leaves.keys())
         layouts = []
         for name, rule in leaves.items():
             guide_site = particle.guide_trace.nodes[name]
@@ -338,14 +311,7 @@ class TraceGO_ELBO(ELBO):
 
     def _go_terms(self, particle: _Particle, leaves: dict) -> torch.Tensor:
         layouts, dependents = self._leaf_sites(particle, leaves)
-        plain_trace = particle.raw_guide_trace.copy()
-        for name, node in sample_sites(particle.raw_guide_trace).items():
-            if torch.is_tensor(node["value"]):
-                plain_trace.nodes[name] = dict(node, value=plain(node["value"]))
-        # latent model sites without a guide site keep their sampled value in replays
-        for name, node in latent_sites(particle.model_trace).items():
-            if name not in plain_trace.nodes:
-                plain_trace.nodes[name] = dict(node, value=plain(node["value"]))
+        plain_trace = plain_replay_trace(particle.raw_guide_trace, particle.model_trace)
         replay = PerturbationReplay(
             particle.model,
             plain_trace,

@@ -12,11 +12,10 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
-from pyro.infer.util import MultiFrameTensor, is_validation_enabled, torch_item
+from pyro.infer.util import MultiFrameTensor, torch_item
 from pyro.optim import PyroOptim
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import prune_subsample_sites
-from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+from pyro.util import warn_if_nan
 
 from pyro_go.infer.control_variates import RELAX, ControlVariate
 from pyro_go.infer.relax_site import RelaxSite, relaxed_log_prob
@@ -24,10 +23,13 @@ from pyro_go.infer.trace_utils import (
     coupling_free_frames,
     guide_log_density,
     latent_sites,
+    model_dependents,
     plain,
+    plain_replay_trace,
     sample_sites,
+    trace_with_provenance,
 )
-from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
+from pyro_go.ops.provenance import provenance_of, strip
 from pyro_go.poutine.relax_sample_messenger import RelaxSampleMessenger
 
 
@@ -144,14 +146,9 @@ class TraceRELAX_ELBO(ELBO):
 
     def _get_trace(self, model: Callable, guide: Callable, args, kwargs) -> _Particle:
         sampler = RelaxSampleMessenger()
-        raw_guide_trace = poutine.trace(sampler(guide)).get_trace(*args, **kwargs)
-        tracked = {}
-        for name, node in sample_sites(raw_guide_trace).items():
-            if isinstance(node["value"], ProvenanceTensor):
-                tracked[name] = node["value"]
-                node["value"] = node["value"]._t
-        guide_trace = prune_subsample_sites(raw_guide_trace)
-        guide_trace.compute_log_prob()
+        raw_guide_trace, guide_trace, model_trace, tracked = trace_with_provenance(
+            sampler(guide), model, args, kwargs, self.max_plate_nesting
+        )
         for name, site in latent_sites(guide_trace).items():
             for parent in provenance_of(site["log_prob"]) & tracked.keys():
                 if parent != name:
@@ -160,34 +157,8 @@ class TraceRELAX_ELBO(ELBO):
                         f"site '{parent}'. RELAX's control variate needs '{parent}' to be a "
                         "leaf of the guide; use pyro_go.TraceGO_ELBO for this guide."
                     )
-
-        replay_trace = raw_guide_trace.copy()
-        for name, value in tracked.items():
-            replay_trace.nodes[name] = dict(raw_guide_trace.nodes[name], value=value)
-        model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
-            *args, **kwargs
-        )
-        if is_validation_enabled():
-            check_model_guide_match(model_trace, raw_guide_trace, self.max_plate_nesting)
-        model_trace = prune_subsample_sites(model_trace)
-        model_trace.compute_log_prob()
-        if is_validation_enabled():
-            for trace in (model_trace, guide_trace):
-                for site in sample_sites(trace).values():
-                    check_site_shape(site, self.max_plate_nesting)
-
-        dependents = {}
-        for name, site in sample_sites(model_trace).items():
-            depends_on = provenance_of(site["log_prob"]) & tracked.keys()
-            if depends_on:
-                dependents[name] = frozenset(depends_on)
-        plain_trace = raw_guide_trace.copy()
-        for name, node in sample_sites(raw_guide_trace).items():
-            if torch.is_tensor(node["value"]):
-                plain_trace.nodes[name] = dict(node, value=plain(node["value"]))
-        for name, node in latent_sites(model_trace).items():
-            if name not in plain_trace.nodes:
-                plain_trace.nodes[name] = dict(node, value=plain(node["value"]))
+        dependents = model_dependents(model_trace, tracked.keys())
+        plain_trace = plain_replay_trace(raw_guide_trace, model_trace)
         sites = {}
         for name, draw in sampler.draws.items():
             guide_site = guide_trace.nodes[name]

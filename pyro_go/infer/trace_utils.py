@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-from pyro.distributions.util import scale_and_mask
+from typing import NamedTuple
 
-from pyro_go.ops.provenance import strip
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, check_site_shape
+
+from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
 
 
 def sample_sites(trace) -> dict:
@@ -53,3 +60,72 @@ def guide_log_density(site, stick_the_landing: bool) -> torch.Tensor:
     value = plain(site["value"])
     log_q_params = scale_and_mask(site["fn"].log_prob(value), site["scale"], site["mask"]).sum()
     return log_q - log_q_params + log_q_params.detach()
+
+
+class TrackedTraces(NamedTuple):
+    """One particle's traces with provenance: ``tracked`` maps each tracked guide site to
+    its provenance-carrying value; ``guide_trace`` (pruned, log-densities computed from
+    provenance-free values, so a site's provenance names the tracked sites its
+    *parameters* depend on) and ``model_trace`` (replayed with the tracked values, so each
+    term names the tracked sites it depends on)."""
+
+    raw_guide_trace: Trace
+    guide_trace: Trace
+    model_trace: Trace
+    tracked: dict
+
+
+def trace_with_provenance(guide, model, args, kwargs, max_plate_nesting) -> TrackedTraces:
+    """Runs ``guide`` (already wrapped in a sampling messenger that returns
+    :class:`~pyro_go.ops.provenance.ProvenanceTensor` values) and replays ``model``
+    against it, with Pyro's usual validation."""
+    raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    tracked = {}
+    for name, node in sample_sites(raw_guide_trace).items():
+        if isinstance(node["value"], ProvenanceTensor):
+            tracked[name] = node["value"]
+            node["value"] = node["value"]._t
+    guide_trace = prune_subsample_sites(raw_guide_trace)
+    guide_trace.compute_log_prob()
+
+    replay_trace = raw_guide_trace
+    if tracked:
+        replay_trace = raw_guide_trace.copy()
+        for name, value in tracked.items():
+            replay_trace.nodes[name] = dict(raw_guide_trace.nodes[name], value=value)
+    model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
+        *args, **kwargs
+    )
+    if is_validation_enabled():
+        check_model_guide_match(model_trace, raw_guide_trace, max_plate_nesting)
+    model_trace = prune_subsample_sites(model_trace)
+    model_trace.compute_log_prob()
+    if is_validation_enabled():
+        for trace in (model_trace, guide_trace):
+            for site in sample_sites(trace).values():
+                check_site_shape(site, max_plate_nesting)
+    return TrackedTraces(raw_guide_trace, guide_trace, model_trace, tracked)
+
+
+def model_dependents(model_trace, names) -> dict[str, frozenset]:
+    """Model site name -> the sites among ``names`` its log-density depends on (by
+    provenance), for the sites that depend on any."""
+    dependents = {}
+    for name, site in sample_sites(model_trace).items():
+        depends_on = provenance_of(site["log_prob"]) & names
+        if depends_on:
+            dependents[name] = frozenset(depends_on)
+    return dependents
+
+
+def plain_replay_trace(raw_guide_trace, model_trace) -> Trace:
+    """A trace to replay the model against with every value fixed and provenance-free:
+    the guide's values, plus latent model sites without a guide site at their sample."""
+    trace = raw_guide_trace.copy()
+    for name, node in sample_sites(raw_guide_trace).items():
+        if torch.is_tensor(node["value"]):
+            trace.nodes[name] = dict(node, value=plain(node["value"]))
+    for name, node in latent_sites(model_trace).items():
+        if name not in trace.nodes:
+            trace.nodes[name] = dict(node, value=plain(node["value"]))
+    return trace

@@ -8,6 +8,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 from pyro_go.ops.provenance import track
+from pyro_go.poutine.enumeration import refuse_enumeration
 
 
 class GOSampleMessenger(Messenger):
@@ -35,13 +36,7 @@ class GOSampleMessenger(Messenger):
         if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
             return
         name = msg["name"]
-        if msg["infer"].get("enumerate"):
-            raise ValueError(
-                f"TraceGO_ELBO: guide site '{name}' asks for enumeration "
-                f"(infer={{'enumerate': {msg['infer']['enumerate']!r}}}). GO estimates "
-                "gradients from samples; remove the enumerate flag (or config_enumerate) "
-                "from the guide, or use pyro.infer.TraceEnum_ELBO for this site."
-            )
+        refuse_enumeration(msg, "TraceGO_ELBO")
         fn = msg["fn"]
         form = msg["infer"].get("go_categorical_form", self.categorical_form)
         rule = get_go_rule(fn, form)

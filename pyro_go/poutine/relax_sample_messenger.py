@@ -19,6 +19,7 @@ from pyro_go.infer.relax_site import (
 )
 from pyro_go.ops.provenance import track
 from pyro_go.ops.relaxation import uniform_noise
+from pyro_go.poutine.enumeration import refuse_enumeration
 
 
 class NoiseDraw(NamedTuple):
@@ -53,13 +54,7 @@ class RelaxSampleMessenger(Messenger):
         if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
             return
         name, fn = msg["name"], msg["fn"]
-        if msg["infer"].get("enumerate"):
-            raise ValueError(
-                f"TraceRELAX_ELBO: guide site '{name}' asks for enumeration "
-                f"(infer={{'enumerate': {msg['infer']['enumerate']!r}}}). RELAX estimates "
-                "gradients from samples; remove the enumerate flag from the guide, or use "
-                "pyro.infer.TraceEnum_ELBO."
-            )
+        refuse_enumeration(msg, "TraceRELAX_ELBO")
         kind = relax_kind(fn)
         if kind is None:
             if fn.has_rsample:

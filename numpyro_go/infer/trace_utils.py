@@ -1,0 +1,33 @@
+"""Small helpers over NumPyro traces shared by the ELBOs of :mod:`numpyro_go.infer` (the
+twin of :mod:`pyro_go.infer.trace_utils`)."""
+
+from __future__ import annotations
+
+import jax
+
+
+def sample_sites(trace_: dict) -> dict:
+    """The trace's sample sites, by name."""
+    return {name: site for name, site in trace_.items() if site["type"] == "sample"}
+
+
+def latent_sites(trace_: dict) -> dict:
+    """The trace's unobserved sample sites, by name."""
+    return {name: site for name, site in sample_sites(trace_).items() if not site["is_observed"]}
+
+
+def log_prob(site: dict, value=None) -> jax.Array:
+    """Scaled ``log_prob`` of a sample site (at ``value`` if given)."""
+    value = site["value"] if value is None else value
+    if site["intermediates"] and value is site["value"]:
+        result = site["fn"].log_prob(value, site["intermediates"])
+    else:
+        result = site["fn"].log_prob(value)
+    if site["scale"] is not None:
+        result = site["scale"] * result
+    return result
+
+
+def frame_names(site: dict) -> set[str]:
+    """Names of the plates a site lies in."""
+    return {frame.name for frame in site["cond_indep_stack"]}
