@@ -6,13 +6,17 @@ last dim, by ``d_j`` (per plate slice).  A linear map then gives
 ``L(z + d_j e_{i_j}) = L(z) + d_j W[:, i_j]``: the GO authors' trick for the discrete VAE
 (appendix I, step 1 of the Ξ procedure), applied here generically to any
 ``torch.nn.functional.linear`` or ``matmul`` whose input *is* the stacked value.  One
-product for the base sample plus a broadcast multiply-add replaces the product over the
-whole stack.
+product for the base sample replaces the product over the whole stack.
+
+The stacks are :class:`~pyro_go.ops.deferred.DeferredTensor` values: their structure
+(:class:`SparseStack`, :class:`OneHotStack`) is all the fast paths read, and the dense
+stack is computed only if the model uses it some other way, which keeps every model
+correct, just not faster.  A linear layer's output is deferred in turn.
 
 A one-hot Categorical site ``[..., N, K]`` changes, in entry ``j``, the category of
 variable ``v_j`` from ``old`` to ``new`` (per slice).  Its linear consumer usually sees
 it flattened to ``[..., N·K]``: the flattening (``reshape``, ``view``, ``flatten``) of a
-registered :class:`OneHotStack` is registered in turn as a :class:`SparseStack` with the
+deferred :class:`OneHotStack` is deferred in turn, as a :class:`SparseStack` with the
 two changed coordinates ``v_j K + old`` (−1) and ``v_j K + new`` (+1) per slice, so the
 layer adds the difference of two columns of ``W``.  Any other use of a stacked value is
 computed as usual.
@@ -20,7 +24,8 @@ computed as usual.
 When a binary site's one-coordinate stack goes through a linear layer, the output is
 the same logits ``h`` shifted by ``±W[:, i_j]`` (a :class:`ShiftedOutput`); if those go
 straight into an observed ``Bernoulli(logits=...)``, :func:`shifted_bernoulli_log_prob`
-evaluates the flipped likelihood in closed form, without a ``softplus`` per entry.
+evaluates the flipped likelihood in closed form, without a ``softplus`` per entry and
+without the dense logits ``[n, *batch, out]``, in blocks of entries that fit in cache.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ import torch.nn.functional as F
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from torch.overrides import TorchFunctionMode
 
+from pyro_go.ops.deferred import DeferredTensor, structure_of
+
 
 @dataclass
 class SparseStack:
-    """A stack ``[n, *pad, *batch, D]`` whose entries are ``base`` plus ``delta`` at
-    coordinates ``index`` of the last dim.
+    """The structure of a stack ``[n, *pad, *batch, D]`` whose entries are ``base`` plus
+    ``delta`` at coordinates ``index`` of the last dim.
 
     Either one coordinate per entry shared by all slices (``index`` ``[n]``, ``delta``
     ``[n, *pad, *batch]``) or ``k`` coordinates per slice (``index`` and ``delta``
@@ -46,7 +53,6 @@ class SparseStack:
     log-densities skip the stack (:func:`one_coordinate_log_prob`).
     """
 
-    stacked: torch.Tensor
     base: torch.Tensor
     index: torch.Tensor
     delta: torch.Tensor
@@ -71,32 +77,31 @@ class SparseStack:
 
 @dataclass
 class OneHotStack:
-    """A one-hot stack ``[n, *pad, *batch, N, K]`` whose entry ``j`` moves variable
-    ``variable[j]`` from category ``old`` to ``new`` (``[n, *pad, *batch]``) in each
-    slice.  Becomes a :class:`SparseStack` when its last two dims are flattened."""
+    """The structure of a one-hot stack ``[n, *pad, *batch, N, K]`` whose entry ``j``
+    moves variable ``variable[j]`` from category ``old`` to ``new`` (``[n, *pad, *batch]``)
+    in each slice.  Becomes a :class:`SparseStack` when its last two dims are flattened."""
 
-    stacked: torch.Tensor
     base: torch.Tensor
     variable: torch.Tensor
     old: torch.Tensor
     new: torch.Tensor
 
-    def flattened(self, stacked: torch.Tensor) -> SparseStack:
+    def flattened(self) -> SparseStack:
         num_categories = self.base.shape[-1]
         offset = (self.variable * num_categories).reshape((-1,) + (1,) * (self.old.dim() - 1))
         index = torch.stack([offset + self.old, offset + self.new], dim=-1)
-        changed = (self.old != self.new).to(stacked.dtype)
+        changed = (self.old != self.new).to(self.base.dtype)
         delta = torch.stack([-changed, changed], dim=-1)
-        return SparseStack(stacked, self.base.flatten(-2), index, delta)
+        return SparseStack(self.base.flatten(-2), index, delta)
 
 
 @dataclass
 class ShiftedOutput:
-    """``value`` ``[n, *pad, *batch, out]``, a linear layer's output on a binary
-    one-coordinate :class:`SparseStack`, equals ``base`` (``[*batch, out]``, shared by all
-    entries) plus ``change[j] · columns[index[j]]``."""
+    """The structure of a linear layer's output ``[n, *pad, *batch, out]`` on a binary
+    one-coordinate :class:`SparseStack`: ``base`` (``[*batch, out]``, shared by all
+    entries) plus ``change[j] · columns[index[j]]`` (``change`` ``[n, *pad, *batch]`` in
+    ``{−1, 0, 1}``)."""
 
-    value: torch.Tensor
     base: torch.Tensor
     change: torch.Tensor
     index: torch.Tensor
@@ -107,6 +112,9 @@ class ShiftedOutput:
 PRODUCT_GROUP = 8
 #: the grouped product is used while every ``|W| <`` this (``e^{±8·10}`` fits float32)
 PRODUCT_WEIGHT_BOUND = 10.0
+#: elements of ``[entries, *batch, P]`` per block of :func:`_flipped_log_factors`
+#: (a block of float32 and its inputs stay in a core's L2 cache)
+BLOCK_ELEMENTS = 2**17
 
 
 def _elementwise_base(fn):
@@ -123,7 +131,7 @@ def _elementwise_base(fn):
 
 
 def one_coordinate_log_prob(fn, stack: SparseStack) -> torch.Tensor | None:
-    """``fn.log_prob(stack.stacked)`` from the log-densities of the base value and of the
+    """``fn.log_prob`` of the stack from the log-densities of the base value and of the
     alternatives plus a correction at each entry's coordinate, when ``fn`` is elementwise
     over the last dim and the stack names its alternatives; else ``None``.  The prior and
     guide half of appendix I's trick: ``log q(z with z_i flipped) = log q(z) − log q_i(z_i)
@@ -150,56 +158,96 @@ def one_coordinate_log_prob(fn, stack: SparseStack) -> torch.Tensor | None:
     return total + correction
 
 
-def shifted_bernoulli_log_prob(fn, value: torch.Tensor, shifted: dict) -> torch.Tensor | None:
+def _log_product(factor: torch.Tensor, grouped: bool) -> torch.Tensor:
+    """``Σ log factor`` over the last dim; when ``grouped``, one ``log`` per
+    :data:`PRODUCT_GROUP` factors, multiplied by halving the dim in place (contiguous
+    halves, so the products vectorise).  Overwrites ``factor``."""
+    if not grouped:
+        return factor.log().sum(-1)
+    whole = factor.shape[-1] - factor.shape[-1] % PRODUCT_GROUP
+    width = whole
+    while width > whole // PRODUCT_GROUP:
+        width //= 2
+        factor[..., :width].mul_(factor[..., width : 2 * width])
+    total = factor[..., :width].log().sum(-1)
+    if whole < factor.shape[-1]:
+        total = total + factor[..., whole:].prod(-1).log()
+    return total
+
+
+def _flipped_log_factors(
+    sigmoid: torch.Tensor,
+    up: torch.Tensor,
+    down: torch.Tensor,
+    change: torch.Tensor,
+    grouped: bool,
+) -> torch.Tensor:
+    """``Σ_p log(1 + s_p·(e^{δ_p} − 1))`` with ``δ = change·W[:, i]``: ``[n, *slices]``
+    from ``s`` ``[*batch, P]``, the tables ``e^{±W[:, i_j]} − 1`` ``[n, P]`` and
+    ``change`` ``[n, *slices]`` (entries with change 0 get a meaningless value); logs of
+    products of factors when ``grouped`` (:func:`_log_product`).
+
+    Entries are taken in blocks of :data:`BLOCK_ELEMENTS` elements, in one reused buffer:
+    each block's factors are gathered as whole rows of the tables, turned into
+    ``1 + s·t`` and multiplied down in place while they are in cache."""
+    num, width = up.shape
+    slices = torch.broadcast_shapes(change.shape[1:], sigmoid.shape[:-1])
+    per_entry = slices.numel()
+    rows = torch.arange(num, device=up.device).reshape((num,) + (1,) * len(slices))
+    rows = (rows + num * (change < 0)).expand((num,) + slices).flatten()
+    tables = torch.cat([up, down])
+    block = max(1, BLOCK_ELEMENTS // (per_entry * width)) * per_entry
+    buffer = tables.new_empty((min(block, rows.shape[0]), width))
+    one = sigmoid.new_ones(())
+    pieces = []
+    for start in range(0, rows.shape[0], block):
+        chosen = rows[start : start + block]
+        factor = torch.index_select(tables, 0, chosen, out=buffer[: chosen.shape[0]])
+        factor = factor.view((-1,) + slices + (width,))
+        pieces.append(_log_product(torch.addcmul(one, sigmoid, factor, out=factor), grouped))
+    return torch.cat(pieces)
+
+
+def shifted_bernoulli_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:
     """``fn.log_prob(value)`` for an elementwise ``Bernoulli(logits=h + d·W[:, i])`` whose
-    logits are a registered :class:`ShiftedOutput` (``d ∈ {−1, 0, 1}``), else ``None``.
+    logits are a deferred :class:`ShiftedOutput` (``d ∈ {−1, 0, 1}``), else ``None``.
 
     With ``s = σ(h)`` and ``δ = d·W[:, i]``, elementwise
     ``log p(x | h + δ) = log p(x | h) + x·δ − log(1 + s·(e^δ − 1))``; ``e^{±W} − 1`` is one
     table for all entries, so an entry costs a multiply-add per element instead of a
     ``softplus``, and over an event dim the logarithms are taken of products of
     :data:`PRODUCT_GROUP` factors (each in ``[e^{−|W|}, e^{|W|}]``, so no overflow while
-    ``|W| <`` :data:`PRODUCT_WEIGHT_BOUND`; beyond that each factor gets a ``log1p``).  The
-    likelihood half of appendix I's trick; more accurate than differencing two full
-    likelihoods.  The NumPyro twin is
+    ``|W| <`` :data:`PRODUCT_WEIGHT_BOUND`; beyond that each factor gets a ``log``), in
+    cache-sized blocks (:func:`_flipped_log_factors`), so that no ``[n, *batch, P]``
+    tensor is ever formed.  The likelihood half of appendix I's trick; more accurate
+    than differencing two full likelihoods.  The NumPyro twin is
     :func:`numpyro_go.infer.perturbation.shifted_bernoulli_log_prob`."""
     found = _elementwise_base(fn)
     if found is None or not isinstance(found[0], torch.distributions.Bernoulli):
         return None
     base_fn, reinterpreted = found
-    record = shifted.get(id(base_fn.logits))
-    if record is None or record.value is not base_fn.logits:
+    # a Bernoulli made from probs has no logits attribute until asked
+    record = structure_of(base_fn.__dict__.get("logits"))
+    if not isinstance(record, ShiftedOutput):
         return None
-    h = record.base
+    h, change = record.base, record.change
     old = -F.softplus(-h) * value - F.softplus(h) * (1 - value)  # [*batch, P]
-    lead = (record.index.shape[0],) + (1,) * (record.change.dim() - 1)
     chosen = record.columns[record.index]  # [n, P]
-    up = torch.expm1(chosen).reshape(lead + h.shape[-1:])
-    down = torch.expm1(-chosen).reshape(lead + h.shape[-1:])
-    change = record.change.unsqueeze(-1)
-    # entries with change 0 (padding) are fixed below, so two tables suffice
-    factor_plus_one = torch.addcmul(
-        h.new_ones(()), torch.sigmoid(h), torch.where(change > 0, up, down)
-    )
+    up, down = torch.expm1(chosen), torch.expm1(-chosen)
     if reinterpreted == 0:
-        linear = change * chosen.reshape(lead + h.shape[-1:]) * value
-        flipped = old + linear - torch.log(factor_plus_one)
+        lead = chosen.shape[:1] + (1,) * (change.dim() - 1) + chosen.shape[1:]
+        change = change.unsqueeze(-1)
+        table = torch.where(change > 0, up.reshape(lead), down.reshape(lead))
+        factor = torch.addcmul(h.new_ones(()), torch.sigmoid(h), table)
+        flipped = old + change * chosen.reshape(lead) * value - torch.log(factor)
         return torch.where(change != 0, flipped, old)
-    if record.columns.abs().max() < PRODUCT_WEIGHT_BOUND:
-        pad = (-factor_plus_one.shape[-1]) % PRODUCT_GROUP
-        grouped = F.pad(factor_plus_one, (0, pad), value=1.0) if pad else factor_plus_one
-        log_factor = grouped.unflatten(-1, (-1, PRODUCT_GROUP)).prod(-1).log().sum(-1)
-    else:
-        log_factor = factor_plus_one.log().sum(-1)
+    grouped = bool(chosen.abs().max() < PRODUCT_WEIGHT_BOUND)
+    log_factor = _flipped_log_factors(torch.sigmoid(h), up, down, change, grouped)
     # Σ_p x_p · W[p, i_j] for every entry, as one product
     x_dot = torch.einsum("...p,np->n...", value, chosen)
-    x_dot = x_dot.reshape(
-        x_dot.shape[:1] + (1,) * (record.change.dim() - x_dot.dim()) + x_dot.shape[1:]
-    )
+    x_dot = x_dot.reshape(x_dot.shape[:1] + (1,) * (change.dim() - x_dot.dim()) + x_dot.shape[1:])
     old_total = old.sum(-1)
-    total = torch.where(
-        record.change != 0, old_total + record.change * x_dot - log_factor, old_total
-    )
+    total = torch.where(change != 0, old_total + change * x_dot - log_factor, old_total)
     if reinterpreted > 1:
         total = total.sum(tuple(range(-(reinterpreted - 1), 0)))
     return total
@@ -215,61 +263,78 @@ _FLATTENS = (
 )
 
 
+def _keeps_shape(tensor: torch.Tensor, args, kwargs) -> bool:
+    """Whether ``tensor.expand(*args, **kwargs)`` has ``tensor``'s own shape."""
+    sizes = kwargs.get("size", args[0] if len(args) == 1 and not isinstance(args[0], int) else args)
+    return len(sizes) == tensor.dim() and all(
+        size in (-1, own) for size, own in zip(sizes, tensor.shape, strict=True)
+    )
+
+
 class AbsorbLinear(TorchFunctionMode):
-    """While active, ``F.linear(x, W, b)`` and ``x @ W`` on a registered stack take the
-    fast path, and flattening a registered one-hot stack registers the result.  ``hits``
-    counts the products absorbed."""
+    """While active, ``F.linear(x, W, b)`` and ``x @ W`` on a deferred stack (a
+    :class:`~pyro_go.ops.deferred.DeferredTensor` whose structure is a
+    :class:`SparseStack`) take the fast path and return a deferred output, a binary
+    one-coordinate stack's with a :class:`ShiftedOutput` structure; flattening a deferred
+    :class:`OneHotStack` defers too; shape-preserving ``expand`` and ``broadcast_tensors``
+    (what distributions do to their parameters) keep deferred tensors deferred.  Any
+    other operation computes the dense value.  ``hits`` counts the products absorbed."""
 
-    def __init__(self, stacks: list) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.stacks = {id(stack.stacked): stack for stack in stacks}
         self.hits = 0
-        #: id of a linear output -> its :class:`ShiftedOutput` structure
-        self.shifted: dict[int, ShiftedOutput] = {}
 
-    def _stack_of(self, tensor):
-        stack = self.stacks.get(id(tensor))
-        return stack if stack is not None and stack.stacked is tensor else None
-
-    def _linear(self, stack: SparseStack, weight: torch.Tensor, bias) -> torch.Tensor:
+    def _linear(self, stacked, stack: SparseStack, weight: torch.Tensor, bias) -> torch.Tensor:
         self.hits += 1
         base = F.linear(stack.base, weight, bias)
-        out = base + stack.columns_times_delta(weight.t())
+        columns = weight.t()
+        structure = None
         if stack.binary and stack.index.dim() == 1:
-            self.shifted[id(out)] = ShiftedOutput(out, base, stack.delta, stack.index, weight.t())
-        return out
+            structure = ShiftedOutput(base, stack.delta, stack.index, columns)
+        return DeferredTensor(
+            stacked.shape[:-1] + weight.shape[:1],
+            base,
+            lambda: base + stack.columns_times_delta(columns),
+            structure,
+        )
 
-    def _broadcast(self, args, outs):
-        """Distributions broadcast and expand their parameters: a shifted output keeps its
-        structure through a shape-preserving ``broadcast_tensors`` or ``expand``."""
-        for arg, out in zip(args, outs, strict=True):
-            record = self.shifted.get(id(arg))
-            if record is not None and record.value is arg and out.shape == arg.shape:
-                self.shifted[id(out)] = ShiftedOutput(
-                    out, record.base, record.change, record.index, record.columns
-                )
-        return outs
+    @staticmethod
+    def _flatten(func, stacked, stack: OneHotStack, args, kwargs):
+        """A deferred flattening of a one-hot stack's last two dims, or ``None``."""
+        meta = torch.empty(stacked.shape, device="meta")
+        shape = func(meta, *args[1:], **kwargs).shape
+        if shape != stacked.shape[:-2] + (stacked.shape[-2:].numel(),):
+            return None
+        return DeferredTensor(
+            shape,
+            stack.base,
+            lambda: func(stacked.dense(), *args[1:], **kwargs),
+            stack.flattened(),
+        )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.shifted and func is torch.broadcast_tensors:
-            return self._broadcast(args, func(*args, **kwargs))
-        if self.shifted and func is torch.Tensor.expand:
-            return self._broadcast(args[:1], (func(*args, **kwargs),))[0]
-        stack = self._stack_of(args[0]) if args else None
+        if func is torch.broadcast_tensors and any(isinstance(a, DeferredTensor) for a in args):
+            shape = torch.broadcast_shapes(*(a.shape for a in args))
+            if all(a.shape == shape for a in args if isinstance(a, DeferredTensor)):
+                return tuple(a if a.shape == shape else a.expand(shape) for a in args)
+        stacked = args[0] if args else None
+        if not isinstance(stacked, DeferredTensor):
+            return func(*args, **kwargs)
+        if func is torch.Tensor.expand and _keeps_shape(stacked, args[1:], kwargs):
+            return stacked
+        stack = stacked.structure
         if isinstance(stack, OneHotStack) and func in _FLATTENS:
-            out = func(*args, **kwargs)
-            if out.shape == stack.stacked.shape[:-2] + (stack.stacked.shape[-2:].numel(),):
-                flat = stack.flattened(out)
-                self.stacks[id(out)] = flat
-            return out
+            flat = self._flatten(func, stacked, stack, args, kwargs)
+            if flat is not None:
+                return flat
         if isinstance(stack, SparseStack):
             if func is F.linear:
                 weight = args[1] if len(args) > 1 else kwargs["weight"]
                 bias = args[2] if len(args) > 2 else kwargs.get("bias")
                 if weight.dim() == 2:
-                    return self._linear(stack, weight, bias)
+                    return self._linear(stacked, stack, weight, bias)
             if func in _MATMULS and len(args) > 1 and torch.is_tensor(args[1]):
                 if args[1].dim() == 2:
-                    return self._linear(stack, args[1].t(), None)
+                    return self._linear(stacked, stack, args[1].t(), None)
         return func(*args, **kwargs)

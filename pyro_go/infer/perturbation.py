@@ -47,6 +47,7 @@ from pyro_go.infer.linear_absorption import (
     one_coordinate_log_prob,
     shifted_bernoulli_log_prob,
 )
+from pyro_go.ops.deferred import DeferredTensor, structure_of
 from pyro_go.ops.provenance import strip
 
 
@@ -243,14 +244,18 @@ class PerturbationReplay:
         for start in range(0, self.num_entries, step):
             yield start, min(start + step, self.num_entries)
 
-    def _stack(self, value: torch.Tensor, batch_dim: int) -> torch.Tensor:
+    def _stacked_shape(self, shape: torch.Size, batch_dim: int) -> torch.Size:
+        """``[n, *value.shape]`` with the stack dim moved left of every plate."""
         extra = self.depth - batch_dim
         if extra < 0:
             raise ValueError(
                 "TraceGO_ELBO: a site has more batch dims than max_plate_nesting allows; "
                 "raise max_plate_nesting."
             )
-        return value.reshape(value.shape[:1] + (1,) * extra + value.shape[1:])
+        return shape[:1] + (1,) * extra + shape[1:]
+
+    def _stack(self, value: torch.Tensor, batch_dim: int) -> torch.Tensor:
+        return value.reshape(self._stacked_shape(value.shape, batch_dim))
 
     def _local_range(self, site: DiscreteLeafSite, start: int, stop: int):
         """``(lo, hi, before, after)``: the site's own local entries within global entries
@@ -270,20 +275,19 @@ class PerturbationReplay:
             pieces.append(fill.expand((after,) + fill.shape))
         return torch.cat(pieces) if len(pieces) > 1 else own
 
-    def _replay(self, values: dict[str, torch.Tensor], stacks: list) -> tuple[Trace, dict]:
-        """The replayed model trace, and the linear outputs with a shifted structure."""
+    def _replay(self, values: dict[str, torch.Tensor]) -> Trace:
+        """The model trace replayed with the stacked ``values`` of the guide sites."""
         trace = self.guide_trace.copy()
         for name, value in values.items():
             trace.nodes[name] = dict(trace.nodes[name], value=value)
-        absorb = AbsorbLinear(stacks) if stacks else None
+        absorb = AbsorbLinear() if self.absorb_linear else contextlib.nullcontext()
         try:
             # the base sample's run already validated the model's distributions; checking
             # them again over the whole stack would cost more than the replay itself
-            with pyro.validation_enabled(False), absorb if absorb else contextlib.nullcontext():
-                model_trace = poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
+            with pyro.validation_enabled(False), absorb:
+                return poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
                     *self.args, **self.kwargs
                 )
-            return model_trace, absorb.shifted if absorb else {}
         except (RuntimeError, ValueError, IndexError) as error:
             raise ValueError(
                 "TraceGO_ELBO could not replay the model over a stack of perturbed "
@@ -309,19 +313,22 @@ class PerturbationReplay:
             )
 
     @staticmethod
-    def _site_log_prob(fn, value: torch.Tensor, stacks: list, shifted: dict) -> torch.Tensor | None:
-        """``fn.log_prob(value)`` through the structure of the stack ``value`` is
-        (:func:`one_coordinate_log_prob`), or of ``fn``'s logits
-        (:func:`shifted_bernoulli_log_prob`), if any and if ``fn`` allows."""
-        for stack in stacks:
-            if stack.stacked is value and isinstance(stack, SparseStack):
-                return one_coordinate_log_prob(fn, stack)
-        return shifted_bernoulli_log_prob(fn, value, shifted) if shifted else None
+    def _site_log_prob(fn, value: torch.Tensor) -> torch.Tensor:
+        """``fn.log_prob(value)``, through the structure of the deferred stack ``value``
+        (:func:`one_coordinate_log_prob`) or of ``fn``'s deferred logits
+        (:func:`shifted_bernoulli_log_prob`) where there is one and ``fn`` allows."""
+        stack = structure_of(value)
+        log_prob = None
+        if isinstance(stack, SparseStack):
+            log_prob = one_coordinate_log_prob(fn, stack)
+        elif stack is None:
+            log_prob = shifted_bernoulli_log_prob(fn, value)
+        return fn.log_prob(value) if log_prob is None else log_prob
 
-    def _log_f(self, values: dict, stacks: list, num: int) -> dict[str, torch.Tensor]:
+    def _log_f(self, values: dict, num: int) -> dict[str, torch.Tensor]:
         """``f`` terms that change, summed to each perturbed site's independent plates:
         site name -> ``[num, *kept]``."""
-        model_trace, shifted = self._replay(values, stacks)
+        model_trace = self._replay(values)
         totals: dict[str, torch.Tensor] = {}
         for name, node in model_trace.nodes.items():
             if node["type"] != "sample" or isinstance(node["fn"], _Subsample):
@@ -329,9 +336,7 @@ class PerturbationReplay:
             affected = self.dependents.get(name, frozenset()) & values.keys()
             if not affected:
                 continue
-            log_prob = self._site_log_prob(node["fn"], node["value"], stacks, shifted)
-            if log_prob is None:
-                log_prob = node["fn"].log_prob(node["value"], *node["args"], **node["kwargs"])
+            log_prob = self._site_log_prob(node["fn"], node["value"])
             log_prob = scale_and_mask(log_prob, node["scale"], node["mask"])
             if self.vectorize:
                 self._check_broadcast(name, log_prob, num)
@@ -343,9 +348,7 @@ class PerturbationReplay:
         for site_name, value in values.items():
             site = self._by_name[site_name]
             guide_node = site.guide_site
-            log_q = self._site_log_prob(guide_node["fn"], value, stacks, shifted)
-            if log_q is None:
-                log_q = guide_node["fn"].log_prob(value)
+            log_q = self._site_log_prob(guide_node["fn"], value)
             log_q = scale_and_mask(log_q, guide_node["scale"], guide_node["mask"])
             log_q = _pad_left(log_q, self.depth + 1)
             totals[site_name] = totals.get(site_name, 0) - _sum_to_frames(
@@ -361,8 +364,8 @@ class PerturbationReplay:
         base: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for start, stop in self._chunks():
-                values, stacks, num = self._values_for(start, stop)
-                totals = self._log_f(values, stacks, num)
+                values, num = self._values_for(start, stop)
+                totals = self._log_f(values, num)
                 for name in values:
                     f = totals[name].expand((num,) + totals[name].shape[1:])
                     site = self._by_name[name]
@@ -377,32 +380,36 @@ class PerturbationReplay:
             for site in self.sites
         }
 
-    def _values_for(self, start: int, stop: int) -> tuple[dict, list, int]:
+    def _values_for(self, start: int, stop: int) -> tuple[dict, int]:
         """Values of the sites perturbed in global entries ``start..stop-1`` (all sites
-        in the chunk that holds the base entry 0), stacked left of every plate, and the
-        one-coordinate structure of those that linear layers may absorb."""
+        in the chunk that holds the base entry 0), stacked left of every plate; deferred
+        (:class:`~pyro_go.ops.deferred.DeferredTensor`) with their few-coordinate
+        structure where linear layers may absorb them."""
         num = stop - start
-        values, stacks = {}, []
+        values = {}
         for site in self.sites:
             local = self._local_range(site, start, stop)
             if local is None and start != 0:
                 continue
             lo, hi, before, after = local if local is not None else (0, 0, num, 0)
-            base = site.value
-            own = site.perturbed_values(lo, hi)
-            stacked = self._pad_entries(own, base, before, after)
             batch_dim = len(site.guide_site["fn"].batch_shape)
-            if not self.vectorize:
-                values[site.name] = stacked[0]
-                continue
-            values[site.name] = self._stack(stacked, batch_dim)
-            if self.absorb_linear:
-                stack = self._structure(site, values[site.name], lo, hi, before, after)
-                if stack is not None:
-                    stacks.append(stack)
-        return values, stacks, num
 
-    def _structure(self, site, stacked, lo, hi, before, after):
+            def stacked(site=site, lo=lo, hi=hi, before=before, after=after, batch_dim=batch_dim):
+                own = site.perturbed_values(lo, hi)
+                stacked = self._pad_entries(own, site.value, before, after)
+                return self._stack(stacked, batch_dim) if self.vectorize else stacked[0]
+
+            structure = None
+            if self.absorb_linear:
+                structure = self._structure(site, lo, hi, before, after)
+            if structure is None:
+                values[site.name] = stacked()
+            else:
+                shape = self._stacked_shape((num,) + site.value.shape, batch_dim)
+                values[site.name] = DeferredTensor(shape, site.value, stacked, structure)
+        return values, num
+
+    def _structure(self, site, lo, hi, before, after):
         """The few-coordinate structure of a site's stacked values, or ``None``."""
         batch_dim = len(site.guide_site["fn"].batch_shape)
         if site.perturbs_last_dim_only:
@@ -415,9 +422,7 @@ class PerturbationReplay:
             change = self._stack(change, batch_dim)
             alternatives = site.alternatives
             binary = site.base_fn.support is constraints.boolean
-            return SparseStack(
-                stacked, site.value, coordinate, change, alternatives, alternative, binary
-            )
+            return SparseStack(site.value, coordinate, change, alternatives, alternative, binary)
         if site.changes_one_hot_variable:
             variable, old, new = site.category_changes(lo, hi)
             variable = self._pad_entries(variable, variable.new_zeros(()), before, after)
@@ -425,5 +430,5 @@ class PerturbationReplay:
             old = self._pad_entries(old, labels, before, after)
             new = self._pad_entries(new, labels, before, after)
             old, new = self._stack(old, batch_dim), self._stack(new, batch_dim)
-            return OneHotStack(stacked, site.value, variable, old, new)
+            return OneHotStack(site.value, variable, old, new)
         return None

@@ -8,6 +8,7 @@ from torch import nn
 
 from pyro_go import TraceGO_ELBO
 from pyro_go.infer import linear_absorption, perturbation
+from pyro_go.ops.deferred import DeferredTensor
 
 LATENTS, PIXELS = 6, 16
 
@@ -109,12 +110,14 @@ def test_one_coordinate_structure_matches_the_stacked_values():
         expected = base.clone()
         expected[:, index[j]] += delta[j]
         torch.testing.assert_close(stacked[j], expected)
-    stack = linear_absorption.SparseStack(stacked, base, index, delta)
+    structure = linear_absorption.SparseStack(base, index, delta)
+    deferred = DeferredTensor(stacked.shape, base, lambda: stacked, structure)
     weight = torch.randn(4, 3)
-    with linear_absorption.AbsorbLinear([stack]) as mode:
-        fast = torch.nn.functional.linear(stacked, weight)
+    with linear_absorption.AbsorbLinear() as mode:
+        fast = torch.nn.functional.linear(deferred, weight)
     assert mode.hits == 1
-    torch.testing.assert_close(fast, torch.nn.functional.linear(stacked, weight))
+    assert deferred._dense is None, "the linear layer read the dense stack"
+    torch.testing.assert_close(fast.dense(), torch.nn.functional.linear(stacked, weight))
 
 
 VARIABLES, CATEGORIES = 3, 4
@@ -169,8 +172,8 @@ def test_linear_consumer_takes_the_closed_form_likelihood(kind, monkeypatch):
     used = []
     original = linear_absorption.shifted_bernoulli_log_prob
 
-    def spy(fn, value, shifted):
-        result = original(fn, value, shifted)
+    def spy(fn, value):
+        result = original(fn, value)
         used.append(result is not None)
         return result
 
@@ -182,9 +185,14 @@ def test_linear_consumer_takes_the_closed_form_likelihood(kind, monkeypatch):
 
 @pytest.mark.parametrize("weight_scale", [1.0, 30.0], ids=["grouped-product", "per-element"])
 @pytest.mark.parametrize("event", [True, False], ids=["event", "elementwise"])
-def test_shifted_bernoulli_likelihood_matches_log_prob(weight_scale, event):
+@pytest.mark.parametrize("block_elements", [2**17, 200], ids=["one-block", "two-blocks"])
+def test_shifted_bernoulli_likelihood_matches_log_prob(
+    weight_scale, event, block_elements, monkeypatch
+):
     """The closed-form flipped likelihood equals ``Bernoulli(h ± W[:, i]).log_prob``, for
-    weights small enough for grouped products and large enough to need the fallback."""
+    weights small enough for grouped products and large enough to need the fallback, in
+    one block of entries or several, with a pixel count that is no multiple of 8."""
+    monkeypatch.setattr(linear_absorption, "BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(3)
     pixels = PIXELS + 3
     base = 3.0 * torch.randn(5, pixels)
@@ -193,8 +201,47 @@ def test_shifted_bernoulli_likelihood_matches_log_prob(weight_scale, event):
     index = torch.tensor([0, LATENTS - 1, 2])
     change = torch.tensor([1.0, -1.0, 0.0, 1.0, -1.0]).expand(3, 5)
     logits = base + change.unsqueeze(-1) * columns[index].unsqueeze(1)
-    record = linear_absorption.ShiftedOutput(logits, base, change, index, columns)
-    fn = dist.Bernoulli(logits=logits)
-    fn = fn.to_event(1) if event else fn
-    structured = linear_absorption.shifted_bernoulli_log_prob(fn, x, {id(logits): record})
-    torch.testing.assert_close(structured, fn.log_prob(x), rtol=1e-5, atol=2e-4)
+    record = linear_absorption.ShiftedOutput(base, change, index, columns)
+    deferred = DeferredTensor(logits.shape, logits, lambda: logits, record)
+    # as in a replay: validating the parameters would read them
+    with pyro.validation_enabled(False), linear_absorption.AbsorbLinear():
+        fn = dist.Bernoulli(logits=deferred)
+        fn = fn.to_event(1) if event else fn
+        fn = fn.expand(fn.batch_shape)  # what a plate does
+    structured = linear_absorption.shifted_bernoulli_log_prob(fn, x)
+    assert deferred._dense is None, "the closed form read the dense logits"
+    expected = dist.Bernoulli(logits=logits)
+    expected = expected.to_event(1) if event else expected
+    torch.testing.assert_close(structured, expected.log_prob(x), rtol=1e-5, atol=2e-4)
+
+
+@pytest.fixture
+def densified(monkeypatch) -> list:
+    """The structures of the deferred tensors whose dense value was computed."""
+    recorded = []
+    original = DeferredTensor.dense
+
+    def dense(self):
+        if self._dense is None:
+            recorded.append(type(self.structure).__name__)
+        return original(self)
+
+    monkeypatch.setattr(DeferredTensor, "dense", dense)
+    return recorded
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("linear", []),
+        ("matmul", []),
+        ("nonlinear", ["ShiftedOutput"]),  # tanh reads the first layer's output
+        ("convolutional", ["SparseStack"]),  # the convolution reads the stack itself
+    ],
+)
+def test_only_non_linear_consumers_compute_dense_stacks(kind, expected, densified):
+    """The linear VAE's replay never forms ``[n, batch, latents]`` or ``[n, batch, pixels]``;
+    other first consumers get the dense values (and the same gradients, above)."""
+    model, guide, _ = vae(make_decoder(kind))
+    TraceGO_ELBO().differentiable_loss(model, guide, (torch.rand(5, PIXELS) > 0.5).float())
+    assert densified == expected
