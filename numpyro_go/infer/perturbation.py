@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import prod
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -202,22 +203,34 @@ def shifted_bernoulli_log_prob(fn, value: jax.Array) -> jax.Array | None:
     down = jnp.take(jnp.expm1(-shifted.weight), shifted.coordinate, axis=0)
     ratio = jnp.where(change > 0, up, jnp.where(change < 0, down, 0.0))
     factor = jnp.broadcast_to(jax.nn.sigmoid(shifted.base) * ratio, old.shape)
-    linear = value * change * jnp.take(shifted.weight, shifted.coordinate, axis=0)
+    column = jnp.take(shifted.weight, shifted.coordinate, axis=0)
     if reinterpreted == 0:
-        return old + linear - jnp.log1p(factor)
+        return old + value * change * column - jnp.log1p(factor)
 
     def grouped_log(factor):
-        pad = (-factor.shape[-1]) % PRODUCT_GROUP
-        padded = jnp.pad(factor, [(0, 0)] * (factor.ndim - 1) + [(0, pad)])
-        groups = (1 + padded).reshape(padded.shape[:-1] + (-1, PRODUCT_GROUP))
-        return jnp.sum(jnp.log(jnp.prod(groups, -1)), -1)
+        # products of contiguous halves vectorise; a reshape to groups of 8 does not
+        factor = 1 + factor
+        whole = factor.shape[-1] - factor.shape[-1] % PRODUCT_GROUP
+        rest = jnp.log(jnp.prod(factor[..., whole:], -1))
+        factor = factor[..., :whole]
+        while factor.shape[-1] > whole // PRODUCT_GROUP:
+            half = factor.shape[-1] // 2
+            factor = factor[..., :half] * factor[..., half:]
+        return jnp.sum(jnp.log(factor), -1) + rest
 
     small = jnp.max(jnp.abs(shifted.weight)) < PRODUCT_WEIGHT_BOUND
     log_factor = jax.lax.cond(
         small, grouped_log, lambda factor: jnp.sum(jnp.log1p(factor), -1), factor
     )
-    total = jnp.sum(old + linear, -1) - log_factor
+    total = jnp.sum(old, -1) + shifted.change * (value @ column) - log_factor
     return jnp.sum(total, axis=tuple(range(-(reinterpreted - 1), 0)))
+
+
+#: ``chunk_size="auto"``: perturbed-value elements evaluated at once.  XLA fuses each
+#: evaluation batch's flipped likelihood into loops over ``[chunk, *batch, out]``; kept
+#: near cache size they ran 5x faster on the linear VAE at batch 100 (one core: 7.8 ms
+#: per step against 42 ms for one ``vmap`` over all 201 evaluations) and 1.4x at batch 24.
+AUTO_CHUNK_ELEMENTS = 2**15
 
 
 @dataclass
@@ -229,7 +242,8 @@ class PerturbationReplay:
         guide does not are fixed through ``latents``; the key only keeps handlers happy).
     :param data: parameter values, plate subsample indices and every latent value
         (gradients already stopped).
-    :param chunk_size: at most this many evaluations at once (``jax.lax.map`` batches).
+    :param chunk_size: at most this many evaluations at once (``jax.lax.map`` batches);
+        ``"auto"``: :data:`AUTO_CHUNK_ELEMENTS` perturbed-value elements at once.
     :param absorb_linear: let :func:`numpyro_go.nn.linear` absorb one-coordinate stacks.
     """
 
@@ -238,7 +252,7 @@ class PerturbationReplay:
     data: dict
     args: tuple
     kwargs: dict
-    chunk_size: int | None = None
+    chunk_size: int | Literal["auto"] | None = "auto"
     absorb_linear: bool = True
 
     def _log_f(
@@ -295,8 +309,11 @@ class PerturbationReplay:
                 return self._log_f(layout, value, dependents, stack)
 
         entries = jnp.arange(1 + layout.num_entries)
-        if self.chunk_size is None:
+        chunk_size = self.chunk_size
+        if chunk_size == "auto":
+            chunk_size = max(1, AUTO_CHUNK_ELEMENTS // layout.value.size)
+        if chunk_size is None or chunk_size >= entries.shape[0]:
             f_stack = jax.vmap(log_f_at)(entries)
         else:
-            f_stack = jax.lax.map(log_f_at, entries, batch_size=self.chunk_size)
+            f_stack = jax.lax.map(log_f_at, entries, batch_size=chunk_size)
         return stop_gradient(layout.delta(f_stack))

@@ -219,6 +219,7 @@ class PerturbationReplay:
         vectorize: bool,
         chunk_size: int | str | None,
         absorb_linear: bool = True,
+        whole_first: bool = False,
     ) -> None:
         self.model = model
         self.guide_trace = guide_trace
@@ -226,23 +227,26 @@ class PerturbationReplay:
         self.dependents = dependents
         self.depth = depth
         self.vectorize = vectorize
+        auto_chunk = chunk_size == "auto"
         if not vectorize:
             chunk_size = 1
-        elif chunk_size == "auto":
+        elif auto_chunk:
             largest = max((site.value.numel() for site in sites), default=1)
             chunk_size = max(1, AUTO_CHUNK_ELEMENTS // max(largest, 1))
         self.chunk_size = chunk_size
         self.absorb_linear = absorb_linear and vectorize
+        #: "auto" chunks grow to the whole rest of the stack once a replay has read none
+        #: of its deferred values: then nothing of size ``[n, *batch, …]`` is formed
+        self.grow_chunks = self.absorb_linear and auto_chunk
+        #: start with the whole stack (when the last step's replays stayed deferred)
+        self.whole_first = self.grow_chunks and whole_first
+        #: whether every replay of :meth:`deltas` had deferred values and read none
+        self.stayed_deferred = False
         offset = 1  # entry 0 is the unperturbed sample
         for site in sites:
             site.offset = offset
             offset += site.num_entries
         self.num_entries = offset
-
-    def _chunks(self):
-        step = self.chunk_size or self.num_entries
-        for start in range(0, self.num_entries, step):
-            yield start, min(start + step, self.num_entries)
 
     def _stacked_shape(self, shape: torch.Size, batch_dim: int) -> torch.Size:
         """``[n, *value.shape]`` with the stack dim moved left of every plate."""
@@ -275,8 +279,9 @@ class PerturbationReplay:
             pieces.append(fill.expand((after,) + fill.shape))
         return torch.cat(pieces) if len(pieces) > 1 else own
 
-    def _replay(self, values: dict[str, torch.Tensor]) -> Trace:
-        """The model trace replayed with the stacked ``values`` of the guide sites."""
+    def _replay(self, values: dict[str, torch.Tensor]) -> tuple[Trace, list[DeferredTensor]]:
+        """The model trace replayed with the stacked ``values`` of the guide sites, and
+        the deferred tensors of the replay."""
         trace = self.guide_trace.copy()
         for name, value in values.items():
             trace.nodes[name] = dict(trace.nodes[name], value=value)
@@ -285,9 +290,11 @@ class PerturbationReplay:
             # the base sample's run already validated the model's distributions; checking
             # them again over the whole stack would cost more than the replay itself
             with pyro.validation_enabled(False), absorb:
-                return poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
+                model_trace = poutine.trace(poutine.replay(self.model, trace=trace)).get_trace(
                     *self.args, **self.kwargs
                 )
+            deferred = [value for value in values.values() if isinstance(value, DeferredTensor)]
+            return model_trace, deferred + (absorb.created if self.absorb_linear else [])
         except (RuntimeError, ValueError, IndexError) as error:
             raise ValueError(
                 "TraceGO_ELBO could not replay the model over a stack of perturbed "
@@ -325,10 +332,11 @@ class PerturbationReplay:
             log_prob = shifted_bernoulli_log_prob(fn, value)
         return fn.log_prob(value) if log_prob is None else log_prob
 
-    def _log_f(self, values: dict, num: int) -> dict[str, torch.Tensor]:
-        """``f`` terms that change, summed to each perturbed site's independent plates:
-        site name -> ``[num, *kept]``."""
-        model_trace = self._replay(values)
+    def _log_f(self, values: dict, num: int) -> tuple[dict[str, torch.Tensor], bool]:
+        """``f`` terms that change, summed to each perturbed site's independent plates
+        (site name -> ``[num, *kept]``), and whether the replay had deferred tensors and
+        read none of them."""
+        model_trace, deferred = self._replay(values)
         totals: dict[str, torch.Tensor] = {}
         for name, node in model_trace.nodes.items():
             if node["type"] != "sample" or isinstance(node["fn"], _Subsample):
@@ -354,7 +362,7 @@ class PerturbationReplay:
             totals[site_name] = totals.get(site_name, 0) - _sum_to_frames(
                 log_q, site.independent_frames, self.depth
             )
-        return totals
+        return totals, bool(deferred) and not any(tensor.computed for tensor in deferred)
 
     def deltas(self, args, kwargs) -> dict[str, torch.Tensor]:
         """Run the replays; returns site name -> ``Δ`` of shape ``[A, *element_shape]``."""
@@ -362,10 +370,16 @@ class PerturbationReplay:
         self._by_name = {site.name: site for site in self.sites}
         pieces: dict[str, list[torch.Tensor]] = {site.name: [] for site in self.sites}
         base: dict[str, torch.Tensor] = {}
+        step = self.num_entries if self.whole_first else self.chunk_size or self.num_entries
+        stop, self.stayed_deferred = 0, True
         with torch.no_grad():
-            for start, stop in self._chunks():
+            while stop < self.num_entries:
+                start, stop = stop, min(stop + step, self.num_entries)
                 values, num = self._values_for(start, stop)
-                totals = self._log_f(values, num)
+                totals, stayed_deferred = self._log_f(values, num)
+                self.stayed_deferred &= stayed_deferred
+                if stayed_deferred and self.grow_chunks:
+                    step = self.num_entries
                 for name in values:
                     f = totals[name].expand((num,) + totals[name].shape[1:])
                     site = self._by_name[name]

@@ -46,6 +46,11 @@ class DeferredTensor(torch.Tensor):
         deferred._compute, deferred._dense = compute, None
         return deferred
 
+    @property
+    def computed(self) -> bool:
+        """Whether something has read the value."""
+        return self._dense is not None
+
     def dense(self) -> torch.Tensor:
         """The value, computed on the first call."""
         if self._dense is None:

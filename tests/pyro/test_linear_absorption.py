@@ -245,3 +245,27 @@ def test_only_non_linear_consumers_compute_dense_stacks(kind, expected, densifie
     model, guide, _ = vae(make_decoder(kind))
     TraceGO_ELBO().differentiable_loss(model, guide, (torch.rand(5, PIXELS) > 0.5).float())
     assert densified == expected
+
+
+@pytest.mark.parametrize("kind, replays", [("linear", 2), ("nonlinear", LATENTS + 1)])
+def test_auto_chunks_grow_once_a_replay_reads_no_deferred_value(kind, replays, hits, monkeypatch):
+    """With ``chunk_size="auto"`` a replay that formed nothing dense lets the rest of the
+    stack go in one replay; one that did keeps the chunks small.  Same gradients."""
+    # one perturbed-value entry is [5, LATENTS]: "auto" chunks of one entry
+    monkeypatch.setattr(perturbation, "AUTO_CHUNK_ELEMENTS", 5 * LATENTS)
+    model, guide, params = vae(make_decoder(kind))
+    x = (torch.rand(5, PIXELS) > 0.5).float()
+    grads = {}
+    for chunk_size in ("auto", None):
+        pyro.set_rng_seed(7)
+        loss = TraceGO_ELBO(chunk_size=chunk_size).differentiable_loss(model, guide, x)
+        grads[chunk_size] = torch.autograd.grad(loss, params)
+    for auto, whole in zip(grads["auto"], grads[None], strict=True):
+        torch.testing.assert_close(auto, whole, rtol=1e-4, atol=1e-5)
+    assert len(hits) == replays + 1
+    # the next step of the same ELBO starts with the whole stack if the last stayed deferred
+    hits.clear()
+    elbo = TraceGO_ELBO()
+    for _ in range(2):
+        elbo.differentiable_loss(model, guide, x)
+    assert len(hits) == (replays + 1 if kind == "linear" else 2 * replays)
