@@ -69,10 +69,10 @@ CASES = {
 }
 
 
-def gradients(model, guide, absorb, key):
+def gradients(model, guide, absorb, key, **options):
     svi = numpyro.infer.SVI(model, guide, numpyro.optim.Adam(1e-3), TraceGO_ELBO())
     params = svi.get_params(svi.init(jax.random.PRNGKey(1), X))
-    elbo = TraceGO_ELBO(absorb_linear=absorb)
+    elbo = TraceGO_ELBO(absorb_linear=absorb, **options)
     return jax.jit(jax.grad(lambda p: elbo.loss(key, p, model, guide, X)))(params)
 
 
@@ -98,6 +98,23 @@ def test_on_and_off_give_the_same_gradients(case):
         assert any(seen), "the absorbing path was never taken"
     if case == "nonlinear":
         assert not any(seen), "tanh(z) is not the recorded stack: no absorption expected"
+
+
+@pytest.mark.parametrize(
+    "auto_elements", [1, 2 * BATCH * LATENTS], ids=["batches-of-1", "batches-of-2"]
+)
+def test_auto_chunks_give_the_same_gradients(auto_elements, monkeypatch):
+    """``chunk_size="auto"`` evaluates in ``lax.map`` batches (here of 1, and of 2 with
+    a remainder: 7 evaluations) with the gradients of one ``vmap`` over all."""
+    from numpyro_go.infer import perturbation
+
+    monkeypatch.setattr(perturbation, "AUTO_CHUNK_ELEMENTS", auto_elements)
+    model, guide = make_problem(decoders([])["linear"], (LATENTS,))
+    key = jax.random.PRNGKey(0)
+    auto = gradients(model, guide, True, key, chunk_size="auto")
+    whole = gradients(model, guide, True, key, chunk_size=None)
+    for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
 def test_linear_outside_a_replay_is_the_product():
