@@ -320,9 +320,9 @@ class PerturbationReplay:
             )
 
     @staticmethod
-    def _site_log_prob(fn, value: torch.Tensor) -> torch.Tensor:
-        """``fn.log_prob(value)``, through the structure of the deferred stack ``value``
-        (:func:`one_coordinate_log_prob`) or of ``fn``'s deferred logits
+    def _site_log_prob(fn, value: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """``fn.log_prob(value, *args, **kwargs)``, through the structure of the deferred
+        stack ``value`` (:func:`one_coordinate_log_prob`) or of ``fn``'s deferred logits
         (:func:`shifted_bernoulli_log_prob`) where there is one and ``fn`` allows."""
         stack = structure_of(value)
         log_prob = None
@@ -330,7 +330,7 @@ class PerturbationReplay:
             log_prob = one_coordinate_log_prob(fn, stack)
         elif stack is None:
             log_prob = shifted_bernoulli_log_prob(fn, value)
-        return fn.log_prob(value) if log_prob is None else log_prob
+        return fn.log_prob(value, *args, **kwargs) if log_prob is None else log_prob
 
     def _log_f(self, values: dict, num: int) -> tuple[dict[str, torch.Tensor], bool]:
         """``f`` terms that change, summed to each perturbed site's independent plates
@@ -344,7 +344,9 @@ class PerturbationReplay:
             affected = self.dependents.get(name, frozenset()) & values.keys()
             if not affected:
                 continue
-            log_prob = self._site_log_prob(node["fn"], node["value"])
+            log_prob = self._site_log_prob(
+                node["fn"], node["value"], *node["args"], **node["kwargs"]
+            )
             log_prob = scale_and_mask(log_prob, node["scale"], node["mask"])
             if self.vectorize:
                 self._check_broadcast(name, log_prob, num)
