@@ -20,8 +20,6 @@ batch.  Run: ``python benchmarks/numpyro_vae_step_time.py [--quick] [--data mnis
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from functools import partial
 
 import jax
@@ -30,6 +28,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
+from wallclock import median_step_ms
 
 from numpyro_go import TraceGO_ELBO
 from numpyro_go.contrib import DiscreteVAE
@@ -71,10 +70,6 @@ def hand_written_loss(vae: DiscreteVAE, params: dict, key, x, linear_trick: bool
     local = sign * delta
     term = jnp.sum(local * probs_q)
     return -(jnp.sum(f_base) + term - jax.lax.stop_gradient(term))
-
-
-def median_ms(samples: list[float]) -> float:
-    return 1e3 * statistics.median(samples)
 
 
 def numpyro_runners(vae, x0, seed: int) -> dict:
@@ -140,15 +135,7 @@ def pyro_runner(batch_size: int):
 
 def time_steps(runners: dict, batches, steps: int) -> dict[str, float]:
     """Median wall time per step (result blocked on), estimators alternating."""
-    timings: dict[str, list[float]] = {name: [] for name in runners}
-    for step in range(steps + 3):
-        for name, run in runners.items():
-            x = next(batches)
-            start = time.perf_counter()
-            jax.block_until_ready(run(x))
-            if step >= 3:  # compilation and warm-up
-                timings[name].append(time.perf_counter() - start)
-    return {name: median_ms(values) for name, values in timings.items()}
+    return median_step_ms(runners, batches, steps, finish=jax.block_until_ready)
 
 
 def encoder_gradient_variance(vae, loss, params, x, samples: int) -> float:

@@ -63,6 +63,7 @@ from pyro.infer import SVI, TraceGraph_ELBO
 from pyro.infer.elbo import ELBO
 from torch import nn
 from tqdm import tqdm
+from wallclock import median_step_ms
 
 from pyro_go import REBAR, RELAX, TraceGO_ELBO, TraceRELAX_ELBO
 from pyro_go.contrib import DiscreteVAE
@@ -147,15 +148,7 @@ def time_steps(rows: list[Estimator], vae, batches: Iterator, steps: int) -> dic
     for index, row in enumerate(rows):
         model, guide = scoped(vae, f"e{index}")
         runners[row.name] = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), row.make_elbo()).step
-    timings: dict[str, list[float]] = {name: [] for name in runners}
-    for step in tqdm(range(steps + 3), desc="timing", disable=not sys.stderr.isatty()):
-        for name, run in runners.items():
-            x = next(batches)
-            start = time.perf_counter()
-            run(x)
-            if step >= 3:  # warm-up
-                timings[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(values) for name, values in timings.items()}
+    return median_step_ms(runners, batches, steps)
 
 
 def gradient_variance(

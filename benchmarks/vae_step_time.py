@@ -23,14 +23,13 @@ Run: ``python benchmarks/vae_step_time.py [--data PATH] [--steps 30] [--quick]``
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from wallclock import median_step_ms
 
 from pyro_go import TraceGO_ELBO
 from pyro_go.contrib import DiscreteVAE
@@ -67,10 +66,6 @@ def hand_written_go_surrogate(vae: DiscreteVAE, x: torch.Tensor) -> torch.Tensor
     return -surrogate
 
 
-def median_ms(samples: list[float]) -> float:
-    return 1e3 * statistics.median(samples)
-
-
 def time_steps(vae, batches, steps: int) -> dict[str, float]:
     """Median wall time per optimisation step, estimators alternating."""
     pyro.clear_param_store()
@@ -92,15 +87,7 @@ def time_steps(vae, batches, steps: int) -> dict[str, float]:
         "hand-written stacked GO": hand_step,
         "Trace_ELBO": svi_trace.step,
     }
-    timings: dict[str, list[float]] = {name: [] for name in runners}
-    for step in range(steps + 3):
-        for name, run in runners.items():
-            x = next(batches)
-            start = time.perf_counter()
-            run(x)
-            if step >= 3:  # warm-up
-                timings[name].append(time.perf_counter() - start)
-    return {name: median_ms(values) for name, values in timings.items()}
+    return median_step_ms(runners, batches, steps)
 
 
 def gradient_variance(vae, x, elbo, samples: int) -> float:

@@ -4,6 +4,7 @@ curves as a PNG plot."""
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -39,6 +40,27 @@ class Curve:
             if seen == step:
                 return value[key]
         return None
+
+
+def median_step_ms(
+    runners: dict[str, Callable],
+    batches: Iterator,
+    steps: int,
+    warmup: int = 3,
+    finish: Callable = lambda out: out,
+) -> dict[str, float]:
+    """Median wall time (ms) of ``finish(run(batch))`` per runner over ``steps`` steps
+    after ``warmup`` (compilation included there), runners alternating step by step on
+    fresh batches; ``finish`` waits for asynchronous results (``jax.block_until_ready``)."""
+    timings: dict[str, list[float]] = {name: [] for name in runners}
+    for step in tqdm(range(warmup + steps), desc="timing", disable=not sys.stderr.isatty()):
+        for name, run in runners.items():
+            x = next(batches)
+            start = time.perf_counter()
+            finish(run(x))
+            if step >= warmup:
+                timings[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in timings.items()}
 
 
 def train_for_budget(

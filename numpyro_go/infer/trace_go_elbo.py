@@ -11,14 +11,19 @@ import jax
 import jax.numpy as jnp
 from jax import random
 from jax.lax import stop_gradient
-from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.handlers import seed, substitute, trace
 from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
-from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_go.distributions.registry import CategoricalForm, get_go_rule
 from numpyro_go.handlers import go_sample
 from numpyro_go.infer.perturbation import LeafLayout, PerturbationReplay
-from numpyro_go.infer.trace_utils import frame_names, latent_sites, log_prob, sample_sites
+from numpyro_go.infer.trace_utils import (
+    frame_names,
+    latent_sites,
+    log_prob,
+    replayed_model_trace,
+    sample_sites,
+)
 
 
 class TraceGO_ELBO(ELBO):
@@ -137,12 +142,7 @@ class TraceGO_ELBO(ELBO):
         tracer = trace(seed(substitute(guide, data=param_map), guide_seed))
         with go_sample(categorical_form=self.categorical_form):
             guide_trace = tracer.get_trace(*args, **kwargs)
-        seeded_model = seed(model, model_seed)
-        model_trace = trace(
-            substitute(replay(seeded_model, guide_trace), data=param_map)
-        ).get_trace(*args, **kwargs)
-        check_model_guide_match(model_trace, guide_trace)
-        _validate_model(model_trace, plate_warning="loose")
+        model_trace = replayed_model_trace(model, model_seed, guide_trace, param_map, args, kwargs)
 
         discrete = self._discrete_sites(guide_trace)
         elbo = jnp.zeros(())

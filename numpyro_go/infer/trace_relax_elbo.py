@@ -20,13 +20,18 @@ from numpyro.distributions.distribution import validation_enabled
 from numpyro.handlers import block, replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO, get_nonreparam_deps
 from numpyro.primitives import Messenger
-from numpyro.util import _validate_model, check_model_guide_match
 
 from numpyro_go.distributions.registry import unwrap_distribution
 from numpyro_go.handlers import refuse_enumeration
 from numpyro_go.infer.control_variates import RELAX, ControlVariate, RelaxSite
 from numpyro_go.infer.perturbation import _sum_to_kept
-from numpyro_go.infer.trace_utils import frame_names, latent_sites, log_prob, sample_sites
+from numpyro_go.infer.trace_utils import (
+    frame_names,
+    latent_sites,
+    log_prob,
+    replayed_model_trace,
+    sample_sites,
+)
 from numpyro_go.ops.relaxation import (
     bernoulli_conditional_z,
     bernoulli_score,
@@ -412,12 +417,7 @@ class TraceRELAX_ELBO(ELBO):
             guide_trace = trace(seed(substitute(guide, data=param_map), guide_seed)).get_trace(
                 *args, **kwargs
             )
-        seeded_model = seed(model, model_seed)
-        model_trace = trace(
-            substitute(replay(seeded_model, guide_trace), data=param_map)
-        ).get_trace(*args, **kwargs)
-        check_model_guide_match(model_trace, guide_trace)
-        _validate_model(model_trace, plate_warning="loose")
+        model_trace = replayed_model_trace(model, model_seed, guide_trace, param_map, args, kwargs)
 
         relax_sites = sampler.kinds
         elbo = jnp.zeros(())

@@ -3,7 +3,11 @@ twin of :mod:`pyro_go.infer.trace_utils`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
+from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.util import _validate_model, check_model_guide_match
 
 
 def sample_sites(trace_: dict) -> dict:
@@ -31,3 +35,16 @@ def log_prob(site: dict, value=None) -> jax.Array:
 def frame_names(site: dict) -> set[str]:
     """Names of the plates a site lies in."""
     return {frame.name for frame in site["cond_indep_stack"]}
+
+
+def replayed_model_trace(
+    model: Callable, model_seed, guide_trace: dict, param_map: dict, args, kwargs
+) -> dict:
+    """The model's trace with the guide's values, checked against the guide the way
+    NumPyro's ``Trace_ELBO`` checks it."""
+    model_trace = trace(
+        substitute(replay(seed(model, model_seed), guide_trace), data=param_map)
+    ).get_trace(*args, **kwargs)
+    check_model_guide_match(model_trace, guide_trace)
+    _validate_model(model_trace, plate_warning="loose")
+    return model_trace
