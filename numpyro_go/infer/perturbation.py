@@ -186,8 +186,9 @@ def shifted_bernoulli_log_prob(fn, value: jax.Array) -> jax.Array | None:
     is one table for all entries, so an entry costs a multiply-add per element instead
     of a ``softplus``; over an event dim the logarithms are taken of products of
     :data:`PRODUCT_GROUP` factors (each lies in ``[e^{−|W|}, e^{|W|}]``, so the product
-    cannot overflow while ``|W| <`` :data:`PRODUCT_WEIGHT_BOUND`; beyond that each factor
-    gets its own ``log1p``).  ``log p(x | h)`` is computed once for all entries.  This is
+    cannot overflow while ``|W| <`` :data:`PRODUCT_WEIGHT_BOUND`; beyond that, and for
+    elementwise sites, each element gets ``softplus(h + δ) − softplus(h)``, which cannot
+    overflow).  ``log p(x | h)`` is computed once for all entries.  This is
     the likelihood half of appendix I's trick, and more accurate than differencing two
     full likelihoods."""
     found = _elementwise_base(fn)
@@ -199,17 +200,22 @@ def shifted_bernoulli_log_prob(fn, value: jax.Array) -> jax.Array | None:
         return None
     old = -jax.nn.softplus(-shifted.base) * value - jax.nn.softplus(shifted.base) * (1 - value)
     change = shifted.change[..., None]
-    up = jnp.take(jnp.expm1(shifted.weight), shifted.coordinate, axis=0)
-    down = jnp.take(jnp.expm1(-shifted.weight), shifted.coordinate, axis=0)
-    ratio = jnp.where(change > 0, up, jnp.where(change < 0, down, 0.0))
-    factor = jnp.broadcast_to(jax.nn.sigmoid(shifted.base) * ratio, old.shape)
     column = jnp.take(shifted.weight, shifted.coordinate, axis=0)
-    if reinterpreted == 0:
-        return old + value * change * column - jnp.log1p(factor)
 
-    def grouped_log(factor):
+    def exact_log(_):
+        # log(1 + s·(e^δ − 1)) = softplus(h + δ) − softplus(h): no e^δ to overflow
+        shifted_logits = jnp.broadcast_to(shifted.base + change * column, old.shape)
+        return jax.nn.softplus(shifted_logits) - jax.nn.softplus(shifted.base)
+
+    if reinterpreted == 0:
+        return old + value * change * column - exact_log(None)
+
+    def grouped_log(_):
+        ratio = jnp.where(
+            change > 0, jnp.expm1(column), jnp.where(change < 0, jnp.expm1(-column), 0.0)
+        )
+        factor = 1 + jnp.broadcast_to(jax.nn.sigmoid(shifted.base) * ratio, old.shape)
         # products of contiguous halves vectorise; a reshape to groups of 8 does not
-        factor = 1 + factor
         whole = factor.shape[-1] - factor.shape[-1] % PRODUCT_GROUP
         rest = jnp.log(jnp.prod(factor[..., whole:], -1))
         factor = factor[..., :whole]
@@ -219,9 +225,7 @@ def shifted_bernoulli_log_prob(fn, value: jax.Array) -> jax.Array | None:
         return jnp.sum(jnp.log(factor), -1) + rest
 
     small = jnp.max(jnp.abs(shifted.weight)) < PRODUCT_WEIGHT_BOUND
-    log_factor = jax.lax.cond(
-        small, grouped_log, lambda factor: jnp.sum(jnp.log1p(factor), -1), factor
-    )
+    log_factor = jax.lax.cond(small, grouped_log, lambda _: jnp.sum(exact_log(None), -1), None)
     total = jnp.sum(old, -1) + shifted.change * (value @ column) - log_factor
     return jnp.sum(total, axis=tuple(range(-(reinterpreted - 1), 0)))
 

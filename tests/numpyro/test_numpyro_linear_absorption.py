@@ -123,11 +123,14 @@ def test_linear_outside_a_replay_is_the_product():
     np.testing.assert_allclose(go_nn.linear(z, weight, jnp.ones(PIXELS)), z @ weight + 1.0)
 
 
-@pytest.mark.parametrize("weight_scale", [1.0, 30.0], ids=["grouped-product", "per-element"])
+@pytest.mark.parametrize(
+    "weight_scale", [1.0, 30.0, 300.0], ids=["grouped-product", "per-element", "beyond-exp"]
+)
 @pytest.mark.parametrize("event", [True, False], ids=["event", "elementwise"])
 def test_shifted_bernoulli_likelihood_matches_log_prob(weight_scale, event):
     """The closed-form flipped likelihood equals ``Bernoulli(h ± W[i]).log_prob``, for
-    weights small enough for grouped products and large enough to need the fallback."""
+    weights small enough for grouped products, large enough to need the per-element
+    form, and so large that ``e^W`` overflows float32."""
     from numpyro_go.infer.perturbation import shifted_bernoulli_log_prob
 
     keys = jax.random.split(jax.random.PRNGKey(3), 3)

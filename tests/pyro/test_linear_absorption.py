@@ -182,15 +182,18 @@ def test_linear_consumer_takes_the_closed_form_likelihood(kind, monkeypatch):
     assert any(used)
 
 
-@pytest.mark.parametrize("weight_scale", [1.0, 30.0], ids=["grouped-product", "per-element"])
+@pytest.mark.parametrize(
+    "weight_scale", [1.0, 30.0, 300.0], ids=["grouped-product", "per-element", "beyond-exp"]
+)
 @pytest.mark.parametrize("event", [True, False], ids=["event", "elementwise"])
 @pytest.mark.parametrize("block_elements", [2**17, 200], ids=["one-block", "two-blocks"])
 def test_shifted_bernoulli_likelihood_matches_log_prob(
     weight_scale, event, block_elements, monkeypatch
 ):
-    """The closed-form flipped likelihood equals ``Bernoulli(h ± W[:, i]).log_prob``, for
-    weights small enough for grouped products and large enough to need the fallback, in
-    one block of entries or several, with a pixel count that is no multiple of 8."""
+    """The flipped likelihood of a replay equals ``Bernoulli(h ± W[:, i]).log_prob``: in
+    closed form for weights small enough for grouped products and large enough to need
+    the per-element form, in one block of entries or several, with a pixel count that is
+    no multiple of 8; from the dense logits when ``e^W`` would overflow float32."""
     monkeypatch.setattr(linear_absorption, "BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(3)
     pixels = PIXELS + 3
@@ -207,11 +210,13 @@ def test_shifted_bernoulli_likelihood_matches_log_prob(
         fn = dist.Bernoulli(logits=deferred)
         fn = fn.to_event(1) if event else fn
         fn = fn.expand(fn.batch_shape)  # what a plate does
-    structured = linear_absorption.shifted_bernoulli_log_prob(fn, x)
+    closed_form = linear_absorption.shifted_bernoulli_log_prob(fn, x)
+    assert (closed_form is None) == (weight_scale > 88), "closed form used beyond exp's range"
     assert deferred._dense is None, "the closed form read the dense logits"
+    replayed = perturbation.PerturbationReplay._site_log_prob(fn, x)
     expected = dist.Bernoulli(logits=logits)
     expected = expected.to_event(1) if event else expected
-    torch.testing.assert_close(structured, expected.log_prob(x), rtol=1e-5, atol=2e-4)
+    torch.testing.assert_close(replayed, expected.log_prob(x), rtol=1e-5, atol=2e-4)
 
 
 @pytest.fixture
