@@ -171,10 +171,11 @@ def one_coordinate_log_prob(fn, stack: OneCoordinateStack) -> jax.Array | None:
     return total + jnp.sum(correction, axis=tuple(range(-(reinterpreted - 1), 0)))
 
 
-#: factors multiplied before one ``log`` in :func:`shifted_bernoulli_log_prob`
+#: most factors multiplied before one ``log`` in :func:`shifted_bernoulli_log_prob`
 PRODUCT_GROUP = 8
-#: the grouped product is used while every ``|W| <`` this (``e^{±8·10}`` fits float32)
-PRODUCT_WEIGHT_BOUND = 10.0
+#: a product of ``g`` factors, each in ``[e^{−|W|}, e^{|W|}]``, is taken only while
+#: ``g·max|W| <`` this (``e^{±80}`` fits float32)
+PRODUCT_LOG_BOUND = 80.0
 
 
 def shifted_bernoulli_log_prob(fn, value: jax.Array) -> jax.Array | None:
@@ -185,10 +186,11 @@ def shifted_bernoulli_log_prob(fn, value: jax.Array) -> jax.Array | None:
     ``log p(x | h + δ) = log p(x | h) + x·δ − log(1 + s·(e^δ − 1))``, and ``e^{±W} − 1``
     is one table for all entries, so an entry costs a multiply-add per element instead
     of a ``softplus``; over an event dim the logarithms are taken of products of
-    :data:`PRODUCT_GROUP` factors (each lies in ``[e^{−|W|}, e^{|W|}]``, so the product
-    cannot overflow while ``|W| <`` :data:`PRODUCT_WEIGHT_BOUND`; beyond that, and for
-    elementwise sites, each element gets ``softplus(h + δ) − softplus(h)``, which cannot
-    overflow).  ``log p(x | h)`` is computed once for all entries.  This is
+    up to :data:`PRODUCT_GROUP` factors (each lies in ``[e^{−|W|}, e^{|W|}]``; fewer as
+    ``max|W|`` grows, so that no product leaves ``e^{±80}``, and one large weight late in
+    training costs a little speed, not the whole grouping).  Where even one factor could
+    overflow, and for elementwise sites, each element gets ``softplus(h + δ) −
+    softplus(h)``.  ``log p(x | h)`` is computed once for all entries.  This is
     the likelihood half of appendix I's trick, and more accurate than differencing two
     full likelihoods."""
     found = _elementwise_base(fn)
@@ -210,22 +212,29 @@ def shifted_bernoulli_log_prob(fn, value: jax.Array) -> jax.Array | None:
     if reinterpreted == 0:
         return old + value * change * column - exact_log(None)
 
-    def grouped_log(_):
-        ratio = jnp.where(
-            change > 0, jnp.expm1(column), jnp.where(change < 0, jnp.expm1(-column), 0.0)
-        )
-        factor = 1 + jnp.broadcast_to(jax.nn.sigmoid(shifted.base) * ratio, old.shape)
-        # products of contiguous halves vectorise; a reshape to groups of 8 does not
-        whole = factor.shape[-1] - factor.shape[-1] % PRODUCT_GROUP
-        rest = jnp.log(jnp.prod(factor[..., whole:], -1))
-        factor = factor[..., :whole]
-        while factor.shape[-1] > whole // PRODUCT_GROUP:
-            half = factor.shape[-1] // 2
-            factor = factor[..., :half] * factor[..., half:]
-        return jnp.sum(jnp.log(factor), -1) + rest
+    def grouped_log(group: int):
+        def log_sum(_):
+            ratio = jnp.where(
+                change > 0, jnp.expm1(column), jnp.where(change < 0, jnp.expm1(-column), 0.0)
+            )
+            factor = 1 + jnp.broadcast_to(jax.nn.sigmoid(shifted.base) * ratio, old.shape)
+            # products of contiguous halves vectorise; a reshape to groups does not
+            whole = factor.shape[-1] - factor.shape[-1] % group
+            rest = jnp.log(jnp.prod(factor[..., whole:], -1))
+            factor = factor[..., :whole]
+            while factor.shape[-1] > whole // group:
+                half = factor.shape[-1] // 2
+                factor = factor[..., :half] * factor[..., half:]
+            return jnp.sum(jnp.log(factor), -1) + rest
 
-    small = jnp.max(jnp.abs(shifted.weight)) < PRODUCT_WEIGHT_BOUND
-    log_factor = jax.lax.cond(small, grouped_log, lambda _: jnp.sum(exact_log(None), -1), None)
+        return log_sum
+
+    groups = [PRODUCT_GROUP >> k for k in range(PRODUCT_GROUP.bit_length())]  # 8, 4, 2, 1
+    largest = jnp.max(jnp.abs(shifted.weight))
+    too_large = sum((group * largest >= PRODUCT_LOG_BOUND).astype(jnp.int32) for group in groups)
+    branches = [grouped_log(group) for group in groups]
+    branches.append(lambda _: jnp.sum(exact_log(None), -1))
+    log_factor = jax.lax.switch(too_large, branches, None)
     total = jnp.sum(old, -1) + shifted.change * (value @ column) - log_factor
     return jnp.sum(total, axis=tuple(range(-(reinterpreted - 1), 0)))
 

@@ -109,10 +109,11 @@ class ShiftedOutput:
     columns: torch.Tensor
 
 
-#: factors multiplied before one ``log`` in :func:`shifted_bernoulli_log_prob`
+#: most factors multiplied before one ``log`` in :func:`shifted_bernoulli_log_prob`
 PRODUCT_GROUP = 8
-#: the grouped product is used while every ``|W| <`` this (``e^{±8·10}`` fits float32)
-PRODUCT_WEIGHT_BOUND = 10.0
+#: a product of ``g`` factors, each in ``[e^{−|W|}, e^{|W|}]``, is taken only while
+#: ``g·max|W| <`` this (``e^{±80}`` fits float32)
+PRODUCT_LOG_BOUND = 80.0
 #: elements of ``[entries, *batch, P]`` per block of :func:`_flipped_log_factors`
 #: (measured fastest on a 2 MB-L2 core: 2^17 and 2^19 were 10-20% slower)
 BLOCK_ELEMENTS = 2**18
@@ -159,15 +160,26 @@ def one_coordinate_log_prob(fn, stack: SparseStack) -> torch.Tensor | None:
     return total + correction
 
 
-def _log_product(factor: torch.Tensor, grouped: bool) -> torch.Tensor:
-    """``Σ log factor`` over the last dim; when ``grouped``, one ``log`` per
-    :data:`PRODUCT_GROUP` factors: the dim is split into that many contiguous rows, whose
-    product (over the row dim, so it vectorises along the rows) is taken first."""
-    if not grouped:
+def product_group(largest: float, bound: float = PRODUCT_LOG_BOUND) -> int:
+    """Factors per ``log``: the largest power of two up to :data:`PRODUCT_GROUP` whose
+    products of factors in ``[e^{−largest}, e^{largest}]`` stay within ``e^{±bound}``.
+    Graded, so that one large weight late in training costs a little speed, not the
+    whole grouping."""
+    group = PRODUCT_GROUP
+    while group > 1 and group * largest >= bound:
+        group //= 2
+    return group
+
+
+def _log_product(factor: torch.Tensor, group: int) -> torch.Tensor:
+    """``Σ log factor`` over the last dim, one ``log`` per ``group`` factors: the dim is
+    split into ``group`` contiguous rows, whose product (over the row dim, so it
+    vectorises along the rows) is taken first."""
+    if group == 1:
         return factor.log().sum(-1)
     width = factor.shape[-1]
-    whole = width - width % PRODUCT_GROUP
-    rows = factor[..., :whole].view(factor.shape[:-1] + (PRODUCT_GROUP, whole // PRODUCT_GROUP))
+    whole = width - width % group
+    rows = factor[..., :whole].view(factor.shape[:-1] + (group, whole // group))
     total = rows.prod(-2).log_().sum(-1)
     if whole < width:
         total = total + factor[..., whole:].prod(-1).log()
@@ -189,12 +201,12 @@ def _flip_tables(chosen: torch.Tensor) -> torch.Tensor:
 
 
 def _flipped_log_factors(
-    sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, grouped: bool
+    sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, group: int
 ) -> torch.Tensor:
     """``Σ_p log(1 + s_p·(e^{δ_p} − 1))`` with ``δ = change·W[:, i]``: ``[n, *slices]``
     from ``s`` ``[*batch, P]``, the tables ``[e^{W[:, i_j]} − 1; e^{−W[:, i_j]} − 1]``
     ``[2n, P]`` (:func:`_flip_tables`) and ``change`` ``[n, *slices]`` (entries with
-    change 0 get a meaningless value); logs of products of factors when ``grouped``
+    change 0 get a meaningless value); logs of products of ``group`` factors
     (:func:`_log_product`).
 
     Entries are taken in blocks of :data:`BLOCK_ELEMENTS` elements, in one reused buffer:
@@ -213,7 +225,7 @@ def _flipped_log_factors(
         chosen = rows[start : start + block]
         factor = torch.index_select(tables, 0, chosen, out=buffer[: chosen.shape[0]])
         factor = factor.view((-1,) + slices + (width,))
-        pieces.append(_log_product(torch.addcmul(one, sigmoid, factor, out=factor), grouped))
+        pieces.append(_log_product(torch.addcmul(one, sigmoid, factor, out=factor), group))
     return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
 
@@ -233,8 +245,8 @@ def shifted_bernoulli_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:
     ``log p(x | h + δ) = log p(x | h) + x·δ − log(1 + s·(e^δ − 1))``; ``e^{±W} − 1`` is one
     table for all entries, so an entry costs a multiply-add per element instead of a
     ``softplus``, and over an event dim the logarithms are taken of products of
-    :data:`PRODUCT_GROUP` factors (each in ``[e^{−|W|}, e^{|W|}]``, so no overflow while
-    ``|W| <`` :data:`PRODUCT_WEIGHT_BOUND`; beyond that each factor gets a ``log``), in
+    up to :data:`PRODUCT_GROUP` factors (each in ``[e^{−|W|}, e^{|W|}]``; fewer as
+    ``max|W|`` grows, so that no product leaves ``e^{±80}``: :func:`product_group`), in
     cache-sized blocks (:func:`_flipped_log_factors`), so that no ``[n, *batch, P]``
     tensor is ever formed.  Weights so large that ``e^{|W|}`` overflows return ``None``,
     which leaves the exact dense log-density.  The likelihood half of appendix I's trick;
@@ -266,8 +278,8 @@ def shifted_bernoulli_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:
         factor = torch.addcmul(h.new_ones(()), torch.sigmoid(h), table)
         flipped = old + change * chosen.reshape(lead) * value - torch.log(factor)
         return torch.where(change != 0, flipped, old)
-    grouped = largest < PRODUCT_WEIGHT_BOUND
-    log_factor = _flipped_log_factors(torch.sigmoid(h), tables, change, grouped)
+    group = product_group(largest)
+    log_factor = _flipped_log_factors(torch.sigmoid(h), tables, change, group)
     # Σ_p x_p · W[p, i_j] for every entry, as one product
     x_dot = torch.matmul(value, chosen.t()).movedim(-1, 0)
     x_dot = x_dot.reshape(x_dot.shape[:1] + (1,) * (change.dim() - x_dot.dim()) + x_dot.shape[1:])

@@ -124,13 +124,15 @@ def test_linear_outside_a_replay_is_the_product():
 
 
 @pytest.mark.parametrize(
-    "weight_scale", [1.0, 30.0, 300.0], ids=["grouped-product", "per-element", "beyond-exp"]
+    "weight_scale",
+    [1.0, 5.0, 10.0, 20.0, 300.0],
+    ids=["groups-of-8", "groups-of-4", "groups-of-2", "per-element", "beyond-exp"],
 )
 @pytest.mark.parametrize("event", [True, False], ids=["event", "elementwise"])
 def test_shifted_bernoulli_likelihood_matches_log_prob(weight_scale, event):
-    """The closed-form flipped likelihood equals ``Bernoulli(h ± W[i]).log_prob``, for
-    weights small enough for grouped products, large enough to need the per-element
-    form, and so large that ``e^W`` overflows float32."""
+    """The closed-form flipped likelihood equals ``Bernoulli(h ± W[i]).log_prob``, with
+    products of 8, 4, 2 or 1 factors as the weights grow, and with the softplus form
+    when ``e^W`` would overflow float32."""
     from numpyro_go.infer.perturbation import shifted_bernoulli_log_prob
 
     keys = jax.random.split(jax.random.PRNGKey(3), 3)

@@ -183,17 +183,19 @@ def test_linear_consumer_takes_the_closed_form_likelihood(kind, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "weight_scale", [1.0, 30.0, 300.0], ids=["grouped-product", "per-element", "beyond-exp"]
+    "weight_scale, group",
+    [(1.0, 8), (5.0, 4), (10.0, 2), (20.0, 1), (300.0, None)],
+    ids=["groups-of-8", "groups-of-4", "groups-of-2", "per-element", "beyond-exp"],
 )
 @pytest.mark.parametrize("event", [True, False], ids=["event", "elementwise"])
 @pytest.mark.parametrize("block_elements", [2**17, 200], ids=["one-block", "two-blocks"])
 def test_shifted_bernoulli_likelihood_matches_log_prob(
-    weight_scale, event, block_elements, monkeypatch
+    weight_scale, group, event, block_elements, monkeypatch
 ):
     """The flipped likelihood of a replay equals ``Bernoulli(h ± W[:, i]).log_prob``: in
-    closed form for weights small enough for grouped products and large enough to need
-    the per-element form, in one block of entries or several, with a pixel count that is
-    no multiple of 8; from the dense logits when ``e^W`` would overflow float32."""
+    closed form with products of 8, 4, 2 or 1 factors as the weights grow, in one block of
+    entries or several, with a pixel count that is no multiple of 8; from the dense
+    logits when ``e^W`` would overflow float32."""
     monkeypatch.setattr(linear_absorption, "BLOCK_ELEMENTS", block_elements)
     torch.manual_seed(3)
     pixels = PIXELS + 3
@@ -203,6 +205,9 @@ def test_shifted_bernoulli_likelihood_matches_log_prob(
     index = torch.tensor([0, LATENTS - 1, 2])
     change = torch.tensor([1.0, -1.0, 0.0, 1.0, -1.0]).expand(3, 5)
     logits = base + change.unsqueeze(-1) * columns[index].unsqueeze(1)
+    largest = float(columns[index].abs().max())
+    if group is not None:
+        assert linear_absorption.product_group(largest) == group, "scale misses the branch"
     record = linear_absorption.ShiftedOutput(base, change, index, columns)
     deferred = DeferredTensor(logits.shape, logits, lambda: logits, record)
     # as in a replay: validating the parameters would read them
@@ -211,7 +216,7 @@ def test_shifted_bernoulli_likelihood_matches_log_prob(
         fn = fn.to_event(1) if event else fn
         fn = fn.expand(fn.batch_shape)  # what a plate does
     closed_form = linear_absorption.shifted_bernoulli_log_prob(fn, x)
-    assert (closed_form is None) == (weight_scale > 88), "closed form used beyond exp's range"
+    assert (closed_form is None) == (group is None), "closed form used beyond exp's range"
     assert deferred._dense is None, "the closed form read the dense logits"
     replayed = perturbation.PerturbationReplay._site_log_prob(fn, x)
     expected = dist.Bernoulli(logits=logits)
