@@ -160,13 +160,14 @@ def one_coordinate_log_prob(fn, stack: SparseStack) -> torch.Tensor | None:
     return total + correction
 
 
-def product_group(largest: float, bound: float = PRODUCT_LOG_BOUND) -> int:
+def product_group(largest: float) -> int:
     """Factors per ``log``: the largest power of two up to :data:`PRODUCT_GROUP` whose
-    products of factors in ``[e^{−largest}, e^{largest}]`` stay within ``e^{±bound}``.
+    products of factors in ``[e^{−largest}, e^{largest}]`` stay within
+    ``e^{±PRODUCT_LOG_BOUND}``.
     Graded, so that one large weight late in training costs a little speed, not the
     whole grouping."""
     group = PRODUCT_GROUP
-    while group > 1 and group * largest >= bound:
+    while group > 1 and group * largest >= PRODUCT_LOG_BOUND:
         group //= 2
     return group
 
@@ -213,7 +214,7 @@ def _flipped_log_factors(
     each block's factors are gathered as whole rows of the tables, turned into
     ``1 + s·t`` and multiplied down while they are in cache."""
     num, width = change.shape[0], tables.shape[1]
-    slices = _broadcast_shape(change.shape[1:], sigmoid.shape[:-1])
+    slices = torch.broadcast_shapes(change.shape[1:], sigmoid.shape[:-1])
     per_entry = slices.numel()
     rows = torch.arange(num, device=tables.device).reshape((num,) + (1,) * len(slices))
     rows = (rows + num * (change < 0)).expand((num,) + slices).flatten()
@@ -227,14 +228,6 @@ def _flipped_log_factors(
         factor = factor.view((-1,) + slices + (width,))
         pieces.append(_log_product(torch.addcmul(one, sigmoid, factor, out=factor), group))
     return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-
-
-def _broadcast_shape(left: torch.Size, right: torch.Size) -> torch.Size:
-    """``torch.broadcast_shapes`` for two shapes, without its per-call overhead."""
-    rank = max(len(left), len(right))
-    left = (1,) * (rank - len(left)) + tuple(left)
-    right = (1,) * (rank - len(right)) + tuple(right)
-    return torch.Size(a if b == 1 else b for a, b in zip(left, right, strict=True))
 
 
 def shifted_bernoulli_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:

@@ -124,20 +124,24 @@ def test_linear_outside_a_replay_is_the_product():
 
 
 @pytest.mark.parametrize(
-    "weight_scale",
-    [1.0, 5.0, 10.0, 20.0, 300.0],
+    "weight_scale, branch",
+    [(1.0, 0), (5.0, 1), (10.0, 2), (20.0, 3), (300.0, 4)],
     ids=["groups-of-8", "groups-of-4", "groups-of-2", "per-element", "beyond-exp"],
 )
 @pytest.mark.parametrize("event", [True, False], ids=["event", "elementwise"])
-def test_shifted_bernoulli_likelihood_matches_log_prob(weight_scale, event):
+def test_shifted_bernoulli_likelihood_matches_log_prob(weight_scale, branch, event):
     """The closed-form flipped likelihood equals ``Bernoulli(h ± W[i]).log_prob``, with
     products of 8, 4, 2 or 1 factors as the weights grow, and with the softplus form
     when ``e^W`` would overflow float32."""
-    from numpyro_go.infer.perturbation import shifted_bernoulli_log_prob
+    from numpyro_go.infer.perturbation import PRODUCT_LOG_BOUND, shifted_bernoulli_log_prob
 
     keys = jax.random.split(jax.random.PRNGKey(3), 3)
     base = 3.0 * jax.random.normal(keys[0], (BATCH, PIXELS + 3))
     weight = weight_scale * jax.random.normal(keys[1], (LATENTS, PIXELS + 3))
+    # the branch of lax.switch: how many of the group sizes 8, 4, 2, 1 are too large
+    largest = float(jnp.max(jnp.abs(weight)))
+    too_large = sum(g * largest >= PRODUCT_LOG_BOUND for g in (8, 4, 2, 1))
+    assert too_large == branch, "scale misses the branch"
     x = (jax.random.uniform(keys[2], base.shape) > 0.5).astype(jnp.float32)
     change = jnp.array([1.0, -1.0, 0.0, 1.0, -1.0])
     for coordinate in (0, LATENTS - 1):
