@@ -11,8 +11,9 @@ full training and validation splits (one sample per image).  Estimators:
 * NVIL (score function with an input-dependent baseline network and running
   mean/variance normalisation of the learning signal; Mnih & Gregor 2014);
 * score function with a decaying-average baseline (like ``TraceGraph_ELBO``);
-* ``pyro_go.TraceGO_ELBO`` and ``TraceGO_ELBO(absorb_linear=False)`` in ``SVI`` with
-  ``pyro.optim.Adam``, and ``TraceGO_ELBO`` with the hand-written rows' optimizer (one
+* ``pyro_go.TraceGO_ELBO``, ``TraceGO_ELBO(absorb_linear=False)`` and
+  ``TraceGO_ELBO(compile_likelihood=True)`` (its compile time on the clock) in ``SVI``
+  with ``pyro.optim.Adam``, and ``TraceGO_ELBO`` with the hand-written rows' optimizer (one
   ``torch.optim.Adam`` stepped on ``differentiable_loss``), which shows what Pyro's
   per-parameter optimizers cost;
 * ``numpyro_go.TraceGO_ELBO`` and ``TraceGO_ELBO(absorb_linear=False)`` (jitted).
@@ -177,7 +178,10 @@ def pyro_runner(name: str, args):
     pyro.set_rng_seed(args.seed)
     pyro.enable_validation(False)
     vae = DiscreteVAE()
-    elbo = TraceGO_ELBO(absorb_linear="absorb_linear=False" not in name)
+    elbo = TraceGO_ELBO(
+        absorb_linear="absorb_linear=False" not in name,
+        compile_likelihood="compile_likelihood=True" in name,
+    )
 
     def evaluate(images: np.ndarray) -> float:
         with torch.no_grad():
@@ -233,6 +237,7 @@ ESTIMATORS = {
     "score function + decaying-average baseline (hand-written PyTorch)": torch_runner,
     "pyro_go.TraceGO_ELBO": torch_runner,
     "pyro_go.TraceGO_ELBO(absorb_linear=False)": torch_runner,
+    "pyro_go.TraceGO_ELBO(compile_likelihood=True)": torch_runner,
     "pyro_go.TraceGO_ELBO, torch.optim.Adam on differentiable_loss": torch_runner,
     "numpyro_go.TraceGO_ELBO": numpyro_runner,
     "numpyro_go.TraceGO_ELBO(absorb_linear=False)": numpyro_runner,

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from torch.overrides import TorchFunctionMode
 
+from pyro_go.infer.fused_flips import compiled_flipped_log_factors
 from pyro_go.ops.deferred import DeferredTensor, structure_of
 
 
@@ -230,7 +231,9 @@ def _flipped_log_factors(
     return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
 
-def shifted_bernoulli_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:
+def shifted_bernoulli_log_prob(
+    fn, value: torch.Tensor, compiled: bool = False
+) -> torch.Tensor | None:
     """``fn.log_prob(value)`` for an elementwise ``Bernoulli(logits=h + d·W[:, i])`` whose
     logits are a deferred :class:`ShiftedOutput` (``d ∈ {−1, 0, 1}``), else ``None``.
 
@@ -242,7 +245,9 @@ def shifted_bernoulli_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:
     ``max|W|`` grows, so that no product leaves ``e^{±80}``: :func:`product_group`), in
     cache-sized blocks (:func:`_flipped_log_factors`), so that no ``[n, *batch, P]``
     tensor is ever formed.  Weights so large that ``e^{|W|}`` overflows return ``None``,
-    which leaves the exact dense log-density.  The likelihood half of appendix I's trick;
+    which leaves the exact dense log-density.  ``compiled=True`` takes the reduction
+    over the event dim through one ``torch.compile`` kernel
+    (:mod:`pyro_go.infer.fused_flips`).  The likelihood half of appendix I's trick;
     more accurate than differencing two full likelihoods.  The NumPyro twin is
     :func:`numpyro_go.infer.perturbation.shifted_bernoulli_log_prob`."""
     found = _elementwise_base(fn)
@@ -272,7 +277,12 @@ def shifted_bernoulli_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:
         flipped = old + change * chosen.reshape(lead) * value - torch.log(factor)
         return torch.where(change != 0, flipped, old)
     group = product_group(largest)
-    log_factor = _flipped_log_factors(torch.sigmoid(h), tables, change, group)
+    sigmoid = torch.sigmoid(h)
+    log_factor = None
+    if compiled:
+        log_factor = compiled_flipped_log_factors(sigmoid, tables, change, group)
+    if log_factor is None:
+        log_factor = _flipped_log_factors(sigmoid, tables, change, group)
     # Σ_p x_p · W[p, i_j] for every entry, as one product
     x_dot = torch.matmul(value, chosen.t()).movedim(-1, 0)
     x_dot = x_dot.reshape(x_dot.shape[:1] + (1,) * (change.dim() - x_dot.dim()) + x_dot.shape[1:])

@@ -220,6 +220,7 @@ class PerturbationReplay:
         chunk_size: int | str | None,
         absorb_linear: bool = True,
         whole_first: bool = False,
+        compile_likelihood: bool = False,
     ) -> None:
         self.model = model
         self.guide_trace = guide_trace
@@ -235,6 +236,7 @@ class PerturbationReplay:
             chunk_size = max(1, AUTO_CHUNK_ELEMENTS // max(largest, 1))
         self.chunk_size = chunk_size
         self.absorb_linear = absorb_linear and vectorize
+        self.compile_likelihood = compile_likelihood
         #: "auto" chunks grow to the whole rest of the stack once a replay has read none
         #: of its deferred values: then nothing of size ``[n, *batch, …]`` is formed
         self.grow_chunks = self.absorb_linear and auto_chunk
@@ -320,16 +322,19 @@ class PerturbationReplay:
             )
 
     @staticmethod
-    def _site_log_prob(fn, value: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def _site_log_prob(
+        fn, value: torch.Tensor, *args, compiled: bool = False, **kwargs
+    ) -> torch.Tensor:
         """``fn.log_prob(value, *args, **kwargs)``, through the structure of the deferred
         stack ``value`` (:func:`one_coordinate_log_prob`) or of ``fn``'s deferred logits
-        (:func:`shifted_bernoulli_log_prob`) where there is one and ``fn`` allows."""
+        (:func:`shifted_bernoulli_log_prob`, its reduction compiled if ``compiled``) where
+        there is one and ``fn`` allows."""
         stack = structure_of(value)
         log_prob = None
         if isinstance(stack, SparseStack):
             log_prob = one_coordinate_log_prob(fn, stack)
         elif stack is None:
-            log_prob = shifted_bernoulli_log_prob(fn, value)
+            log_prob = shifted_bernoulli_log_prob(fn, value, compiled)
         return fn.log_prob(value, *args, **kwargs) if log_prob is None else log_prob
 
     def _log_f(self, values: dict, num: int) -> tuple[dict[str, torch.Tensor], bool]:
@@ -345,7 +350,11 @@ class PerturbationReplay:
             if not affected:
                 continue
             log_prob = self._site_log_prob(
-                node["fn"], node["value"], *node["args"], **node["kwargs"]
+                node["fn"],
+                node["value"],
+                *node["args"],
+                compiled=self.compile_likelihood,
+                **node["kwargs"],
             )
             log_prob = scale_and_mask(log_prob, node["scale"], node["mask"])
             if self.vectorize:

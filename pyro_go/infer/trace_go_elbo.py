@@ -107,6 +107,14 @@ class TraceGO_ELBO(ELBO):
         ``L(z) + d_j W[:, i_j]`` instead of the product over the whole stack (appendix
         I's trick, generic; :mod:`pyro_go.infer.linear_absorption`).  Same gradients up to
         float rounding; ``False`` turns it off.
+    :param bool compile_likelihood: compute the closed-form flipped Bernoulli likelihood
+        (an observed ``Bernoulli(logits=...)`` of a linear layer's absorbed output) with
+        one ``torch.compile`` kernel (:mod:`pyro_go.infer.fused_flips`) instead of five
+        eager passes (default ``False``).  A shape compiles on its second step: that
+        step takes a few seconds longer in a new process (about one more per new batch
+        size).  On CPU a C++ compiler is needed; without one a warning is given and the
+        eager reduction is used.  Same values; the discrete VAE's step on one CPU core
+        went from 7.2 to 6.4 ms at batch 24 and from 15.3 to 10.9 ms at batch 100.
 
     **References**
 
@@ -133,6 +141,7 @@ class TraceGO_ELBO(ELBO):
         chunk_size: int | Literal["auto"] | None = "auto",
         stick_the_landing: bool = True,
         absorb_linear: bool = True,
+        compile_likelihood: bool = False,
     ) -> None:
         super().__init__(
             num_particles=num_particles,
@@ -155,6 +164,7 @@ class TraceGO_ELBO(ELBO):
         self.chunk_size = chunk_size
         self.stick_the_landing = stick_the_landing
         self.absorb_linear = absorb_linear
+        self.compile_likelihood = compile_likelihood
         self._warned_sites: set[str] = set()
         #: whether the last replays formed nothing dense (then the next step's replay
         #: takes the whole stack at once, see ``chunk_size``)
@@ -328,6 +338,7 @@ class TraceGO_ELBO(ELBO):
             self.chunk_size,
             self.absorb_linear,
             whole_first=self._replays_stayed_deferred,
+            compile_likelihood=self.compile_likelihood,
         )
         deltas = replay.deltas(particle.args, particle.kwargs)
         self._replays_stayed_deferred = replay.stayed_deferred

@@ -1,0 +1,89 @@
+"""The compiled flipped-likelihood reduction gives the eager reduction's values."""
+
+import pyro
+import pytest
+import torch
+from test_linear_absorption import PIXELS, make_decoder, vae
+
+from pyro_go import TraceGO_ELBO
+from pyro_go.infer import fused_flips, linear_absorption
+
+
+def flipped_inputs(slices: tuple, batch: tuple, width: int, scale: float):
+    """``s`` ``[*batch, width]``, the tables of 5 entries and their changes ``[5, *slices]``."""
+    torch.manual_seed(0)
+    sigmoid = torch.sigmoid(3.0 * torch.randn(batch + (width,)))
+    tables = linear_absorption._flip_tables(scale * torch.randn(5, width))
+    change = torch.randint(-1, 2, (5,) + slices).float()
+    return sigmoid, tables, change
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch) -> None:
+    """Compile state as in a new process, restored afterwards."""
+    monkeypatch.setattr(fused_flips, "_compiled", None)
+    monkeypatch.setattr(fused_flips, "_calls", {})
+    monkeypatch.setattr(fused_flips, "_kernels", set())
+
+
+@pytest.mark.parametrize(
+    "slices, batch, group",
+    [((7,), (7,), 8), ((3, 4), (4,), 2)],
+    ids=["one-plate", "broadcast-plates-groups-of-2"],
+)
+def test_compiled_reduction_matches_eager(slices, batch, group, fresh_kernels):
+    """Same values as :func:`_flipped_log_factors`, with an event size that is no
+    multiple of the group and ``s`` broadcast over a plate it lacks; a shape compiles on
+    its second call."""
+    sigmoid, tables, change = flipped_inputs(slices, batch, width=PIXELS + 3, scale=1.0)
+    assert fused_flips.compiled_flipped_log_factors(sigmoid, tables, change, group) is None
+    compiled = fused_flips.compiled_flipped_log_factors(sigmoid, tables, change, group)
+    assert compiled is not None, "torch.compile failed on this machine"
+    eager = linear_absorption._flipped_log_factors(sigmoid, tables, change, group)
+    assert compiled.shape == eager.shape == (5,) + slices
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_failed_compile_warns_and_leaves_the_eager_reduction(fresh_kernels, monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    sigmoid, tables, change = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert fused_flips.compiled_flipped_log_factors(sigmoid, tables, change, 8) is None
+    assert fused_flips._compiled is False
+
+
+def test_shapes_beyond_the_kernel_limit_take_the_eager_reduction(fresh_kernels, monkeypatch):
+    monkeypatch.setattr(fused_flips, "MAX_KERNELS", 0)
+    sigmoid, tables, change = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
+    for _ in range(3):
+        assert fused_flips.compiled_flipped_log_factors(sigmoid, tables, change, 8) is None
+    assert not fused_flips._kernels
+
+
+def test_compiled_likelihood_gives_the_same_gradients(fresh_kernels, monkeypatch):
+    """``compile_likelihood`` on and off: same gradients for the same sample, and the
+    compiled kernel is what the second step's replay used."""
+    calls = []
+    original = fused_flips.compiled_flipped_log_factors
+
+    def spy(*args):
+        result = original(*args)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(linear_absorption, "compiled_flipped_log_factors", spy)
+    model, guide, params = vae(make_decoder("linear"))
+    x = (torch.rand(5, PIXELS) > 0.5).float()
+    grads = {}
+    for compiled in (True, False):
+        elbo = TraceGO_ELBO(compile_likelihood=compiled)
+        for _ in range(2):  # the compiled kernel takes over on the second step
+            pyro.set_rng_seed(7)
+            loss = elbo.differentiable_loss(model, guide, x)
+        grads[compiled] = torch.autograd.grad(loss, params)
+    assert calls == [False, True]
+    for on, off in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(on, off, rtol=1e-5, atol=1e-6)
