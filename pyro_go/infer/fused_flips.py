@@ -11,9 +11,9 @@ Compiling costs a few seconds on the first call of a process (a C++ compiler is
 needed on CPU) and about a second for each new shape, product group, dtype or device.
 The kernels are static: ``dynamic=True`` kernels were 70% slower, and dynamic stack and
 batch dims alone 30% slower.  So a shape is compiled on its second call: shapes seen
-once (the first step's chunked replays, :class:`~pyro_go.infer.trace_go_elbo.
-TraceGO_ELBO`'s ``chunk_size``) take the eager reduction, and a training run compiles
-its batch size, its last smaller batch and little else.  Past :data:`MAX_KERNELS`
+once (the first step's chunked replays, see ``TraceGO_ELBO(chunk_size=...)``) take the
+eager reduction, and a training run compiles its batch size, its last smaller batch and
+little else.  Past :data:`MAX_KERNELS`
 shapes, new shapes stay eager.  Where compiling fails, a warning says why and the eager
 reduction is used from then on, which gives the same values.
 """
