@@ -131,9 +131,16 @@ def plot_curves(
     axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[1].get_legend_handles_labels()
+    if len(labels) <= 4:
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+    else:  # below both panels, where it hides no curve
+        rows = (len(labels) + 1) // 2
+        fig.set_figheight(fig.get_figheight() + 0.17 * rows)
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.17 * rows / fig.get_figheight(), 1, 1))
     path.parent.mkdir(exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
