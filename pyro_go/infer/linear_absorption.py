@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from torch.overrides import TorchFunctionMode
 
-from pyro_go.infer.fused_flips import compiled_flipped_log_factors
+from pyro_go.infer.fused_flips import CompiledReduction
 from pyro_go.ops.deferred import DeferredTensor, structure_of
 
 
@@ -202,6 +202,27 @@ def _flip_tables(chosen: torch.Tensor) -> torch.Tensor:
     return tables.sub_(1)
 
 
+def _table_rows(change: torch.Tensor) -> torch.Tensor:
+    """The row of :func:`_flip_tables`' ``[2n, P]`` that each entry and slice reads:
+    ``j`` for ``e^{W[:, i_j]} − 1``, ``n + j`` for ``e^{−W[:, i_j]} − 1``."""
+    num = change.shape[0]
+    rows = torch.arange(num, device=change.device).reshape((num,) + (1,) * (change.dim() - 1))
+    return rows + num * (change < 0)
+
+
+def _whole_log_factors(
+    sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, group: int
+) -> torch.Tensor:
+    """:func:`_flipped_log_factors` for ``s`` ``[S, P]`` and ``change`` ``[n, S]`` in one
+    expression, without blocks or ``out=`` buffers: what :data:`_compiled_log_factors`
+    compiles into one kernel that never forms the ``[n, S, P]`` factors."""
+    return _log_product(1 + sigmoid * tables[_table_rows(change)], group)
+
+
+#: the flipped reduction compiled per shape (``TraceGO_ELBO(compile_likelihood=True)``)
+_compiled_log_factors = CompiledReduction(_whole_log_factors)
+
+
 def _flipped_log_factors(
     sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, group: int
 ) -> torch.Tensor:
@@ -217,8 +238,7 @@ def _flipped_log_factors(
     num, width = change.shape[0], tables.shape[1]
     slices = torch.broadcast_shapes(change.shape[1:], sigmoid.shape[:-1])
     per_entry = slices.numel()
-    rows = torch.arange(num, device=tables.device).reshape((num,) + (1,) * len(slices))
-    rows = (rows + num * (change < 0)).expand((num,) + slices).flatten()
+    rows = _table_rows(change).expand((num,) + slices).flatten()
     block = max(1, BLOCK_ELEMENTS // (per_entry * width)) * per_entry
     buffer = tables.new_empty((min(block, rows.shape[0]), width))
     one = sigmoid.new_ones(())
@@ -280,7 +300,7 @@ def shifted_bernoulli_log_prob(
     sigmoid = torch.sigmoid(h)
     log_factor = None
     if compiled:
-        log_factor = compiled_flipped_log_factors(sigmoid, tables, change, group)
+        log_factor = _compiled_log_factors(sigmoid, tables, change, group)
     if log_factor is None:
         log_factor = _flipped_log_factors(sigmoid, tables, change, group)
     # Σ_p x_p · W[p, i_j] for every entry, as one product

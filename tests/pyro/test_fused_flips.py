@@ -19,11 +19,11 @@ def flipped_inputs(slices: tuple, batch: tuple, width: int, scale: float):
 
 
 @pytest.fixture
-def fresh_kernels(monkeypatch) -> None:
-    """Compile state as in a new process, restored afterwards."""
-    monkeypatch.setattr(fused_flips, "_compiled", None)
-    monkeypatch.setattr(fused_flips, "_calls", {})
-    monkeypatch.setattr(fused_flips, "_kernels", set())
+def kernels(monkeypatch) -> fused_flips.CompiledReduction:
+    """The compiled reduction as in a new process, restored afterwards."""
+    fresh = fused_flips.CompiledReduction(linear_absorption._whole_log_factors)
+    monkeypatch.setattr(linear_absorption, "_compiled_log_factors", fresh)
+    return fresh
 
 
 @pytest.mark.parametrize(
@@ -31,50 +31,49 @@ def fresh_kernels(monkeypatch) -> None:
     [((7,), (7,), 8), ((3, 4), (4,), 2)],
     ids=["one-plate", "broadcast-plates-groups-of-2"],
 )
-def test_compiled_reduction_matches_eager(slices, batch, group, fresh_kernels):
+def test_compiled_reduction_matches_eager(slices, batch, group, kernels):
     """Same values as :func:`_flipped_log_factors`, with an event size that is no
     multiple of the group and ``s`` broadcast over a plate it lacks; a shape compiles on
     its second call."""
     sigmoid, tables, change = flipped_inputs(slices, batch, width=PIXELS + 3, scale=1.0)
-    assert fused_flips.compiled_flipped_log_factors(sigmoid, tables, change, group) is None
-    compiled = fused_flips.compiled_flipped_log_factors(sigmoid, tables, change, group)
+    assert kernels(sigmoid, tables, change, group) is None
+    compiled = kernels(sigmoid, tables, change, group)
     assert compiled is not None, "torch.compile failed on this machine"
     eager = linear_absorption._flipped_log_factors(sigmoid, tables, change, group)
     assert compiled.shape == eager.shape == (5,) + slices
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
-def test_failed_compile_warns_and_leaves_the_eager_reduction(fresh_kernels, monkeypatch):
+def test_failed_compile_warns_and_leaves_the_eager_reduction(kernels, monkeypatch):
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", no_compiler)
     sigmoid, tables, change = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-        assert fused_flips.compiled_flipped_log_factors(sigmoid, tables, change, 8) is None
-    assert fused_flips._compiled is False
+        assert kernels(sigmoid, tables, change, 8) is None
+    assert kernels.compiled is False
 
 
-def test_shapes_beyond_the_kernel_limit_take_the_eager_reduction(fresh_kernels, monkeypatch):
+def test_shapes_beyond_the_kernel_limit_take_the_eager_reduction(kernels, monkeypatch):
     monkeypatch.setattr(fused_flips, "MAX_KERNELS", 0)
     sigmoid, tables, change = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
     for _ in range(3):
-        assert fused_flips.compiled_flipped_log_factors(sigmoid, tables, change, 8) is None
-    assert not fused_flips._kernels
+        assert kernels(sigmoid, tables, change, 8) is None
+    assert not kernels.kernels
 
 
-def test_compiled_likelihood_gives_the_same_gradients(fresh_kernels, monkeypatch):
+def test_compiled_likelihood_gives_the_same_gradients(kernels, monkeypatch):
     """``compile_likelihood`` on and off: same gradients for the same sample, and the
     compiled kernel is what the second step's replay used."""
     calls = []
-    original = fused_flips.compiled_flipped_log_factors
 
     def spy(*args):
-        result = original(*args)
+        result = kernels(*args)
         calls.append(result is not None)
         return result
 
-    monkeypatch.setattr(linear_absorption, "compiled_flipped_log_factors", spy)
+    monkeypatch.setattr(linear_absorption, "_compiled_log_factors", spy)
     model, guide, params = vae(make_decoder("linear"))
     x = (torch.rand(5, PIXELS) > 0.5).float()
     grads = {}
