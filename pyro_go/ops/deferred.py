@@ -12,7 +12,8 @@ A :class:`DeferredTensor` has the shape, dtype and device of the dense value but
 storage.  It carries its ``structure`` for the code that knows it, and any other
 operation (a nonlinearity, a ``log_prob``, printing) computes the dense value once and
 runs on that.  Having no storage, it cannot be read without computing: nothing sees
-wrong values.
+wrong values.  An in-place operation drops the structure, which no longer describes
+the value.
 """
 
 from __future__ import annotations
@@ -70,7 +71,13 @@ class DeferredTensor(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        return func(*tree_map(densify, args), **tree_map(densify, kwargs or {}))
+        kwargs = kwargs or {}
+        if func._schema.is_mutable:
+            # an in-place op changes the dense value: the structure no longer describes it
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, DeferredTensor):
+                    value.structure = None
+        return func(*tree_map(densify, args), **tree_map(densify, kwargs))
 
     # the two conversions that refuse tensor subclasses read the dense value instead
     def tolist(self):

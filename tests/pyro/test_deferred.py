@@ -37,3 +37,20 @@ def test_a_value_of_the_wrong_shape_is_an_error():
     deferred = DeferredTensor(torch.Size([3]), torch.zeros(()), lambda: torch.zeros(4), None)
     with pytest.raises(RuntimeError, match="shape"):
         deferred + 1
+
+
+@pytest.mark.parametrize("change", ["method", "out"])
+def test_an_in_place_change_drops_the_structure(change):
+    """After an in-place op the structure no longer describes the value, so fast paths
+    must not read it (an in-place op on a replay's logits once gave wrong gradients)."""
+    deferred = deferred_arange([])
+    if change == "method":
+        deferred.mul_(2)
+        expected = 2 * torch.arange(6.0).reshape(2, 3)
+    else:
+        torch.mul(torch.ones(2, 3), 3, out=deferred)
+        expected = torch.full((2, 3), 3.0)
+    assert structure_of(deferred) is None
+    torch.testing.assert_close(densify(deferred), expected)
+    untouched = deferred_arange([])
+    assert structure_of(untouched + 1) is None and structure_of(untouched) == "structure"
