@@ -40,17 +40,17 @@ def _warn(error: Exception) -> None:
 
 
 class CompiledReduction:
-    """``reduction(s [S, P], tables [2n, P], change [n, S], group) -> [n, S]`` compiled
-    with static shapes on each shape's second call.
+    """``likelihood(h [S, P], value [S, P], chosen [n, P], tables [2n, P], change [n, S],
+    group) -> [n, S]`` compiled with static shapes on each shape's second call.
 
-    Calling it with ``s`` ``[*batch, P]`` and ``change`` ``[n, *slices]`` (broadcasting)
-    gives ``[n, *slices]``, or ``None`` where the caller should take the eager reduction:
-    on a shape's first call, past :data:`MAX_KERNELS` shapes, and once compiling has
-    failed."""
+    Calling it with ``h`` and ``value`` ``[*batch, P]`` and ``change`` ``[n, *slices]``
+    (broadcasting) gives ``[n, *slices]``, or ``None`` where the caller should take the
+    eager path: on a shape's first call, past :data:`MAX_KERNELS` shapes, and once
+    compiling has failed."""
 
-    def __init__(self, reduction: Callable[..., torch.Tensor]) -> None:
-        self.reduction = reduction
-        #: the compiled reduction, made on first use; ``False`` once compiling has failed
+    def __init__(self, likelihood: Callable[..., torch.Tensor]) -> None:
+        self.likelihood = likelihood
+        #: the compiled function, made on first use; ``False`` once compiling has failed
         self.compiled = None
         #: calls so far per shape (with product group, dtype and device) not compiled yet
         self.calls: dict[tuple, int] = {}
@@ -59,30 +59,37 @@ class CompiledReduction:
 
     def _compile(self):
         try:
-            return torch.compile(self.reduction, dynamic=False)
+            return torch.compile(self.likelihood, dynamic=False)
         except Exception as error:  # e.g. a Python version dynamo does not support
             _warn(error)
             return False
 
     def __call__(
-        self, sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, group: int
+        self,
+        h: torch.Tensor,
+        value: torch.Tensor,
+        chosen: torch.Tensor,
+        tables: torch.Tensor,
+        change: torch.Tensor,
+        group: int,
     ) -> torch.Tensor | None:
         if self.compiled is None:
             self.compiled = self._compile()
         if self.compiled is False:
             return None
-        slices = torch.broadcast_shapes(change.shape[1:], sigmoid.shape[:-1])
-        num, width = change.shape[0], sigmoid.shape[-1]
-        flat_sigmoid = sigmoid.expand(slices + (width,)).reshape(-1, width)
+        slices = torch.broadcast_shapes(change.shape[1:], h.shape[:-1])
+        num, width = change.shape[0], h.shape[-1]
+        flat_h = h.expand(slices + (width,)).reshape(-1, width)
+        flat_value = value.expand(slices + (width,)).reshape(-1, width)
         flat_change = change.expand((num,) + slices).reshape(num, -1)
-        key = (flat_sigmoid.shape, tables.shape, num, group, tables.dtype, tables.device)
+        key = (flat_h.shape, tables.shape, num, group, tables.dtype, tables.device)
         if key not in self.kernels:
             self.calls[key] = self.calls.get(key, 0) + 1
             if self.calls[key] < 2 or len(self.kernels) >= MAX_KERNELS:
                 return None
             self.kernels.add(key)
         try:
-            total = self.compiled(flat_sigmoid, tables, flat_change, group)
+            total = self.compiled(flat_h, flat_value, chosen, tables, flat_change, group)
         except Exception as error:  # a shape compiles on its first call here
             self.compiled = False
             _warn(error)

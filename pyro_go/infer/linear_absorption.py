@@ -31,6 +31,7 @@ without the dense logits ``[n, *batch, out]``, in blocks of entries that fit in 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -120,7 +121,7 @@ PRODUCT_LOG_BOUND = 80.0
 BLOCK_ELEMENTS = 2**18
 
 
-def _elementwise_base(fn):
+def elementwise_base(fn):
     """``(base, reinterpreted)`` when ``fn`` is an elementwise distribution, possibly
     expanded and with ``reinterpreted`` trailing dims made event dims; else ``None``."""
     reinterpreted = 0
@@ -139,16 +140,21 @@ def one_coordinate_log_prob(fn, stack: SparseStack) -> torch.Tensor | None:
     over the last dim and the stack names its alternatives; else ``None``.  The prior and
     guide half of appendix I's trick: ``log q(z with z_i flipped) = log q(z) − log q_i(z_i)
     + log q_i(1 − z_i)``, without a log-density over the whole stack."""
-    found = _elementwise_base(fn)
+    found = elementwise_base(fn)
     if found is None or stack.alternatives is None:
         return None
     base_fn, reinterpreted = found
     old = base_fn.log_prob(stack.base)  # [*shape]
-    new = base_fn.log_prob(stack.alternatives)  # [A, *shape]
-    new = new[(stack.alternative, Ellipsis, stack.index)]  # [n, *shape[:-1]]
-    old_at = old.index_select(-1, stack.index).movedim(-1, 0)  # [n, *shape[:-1]]
-    correction = (new - old_at).reshape(stack.delta.shape)
-    correction = torch.where(stack.delta != 0, correction, correction.new_zeros(()))
+    if isinstance(base_fn, torch.distributions.Bernoulli):
+        # log p(a) − log p(z) = (a − z)·logit: the softplus terms cancel
+        logit_at = base_fn.logits.expand(old.shape).index_select(-1, stack.index)
+        correction = stack.delta * logit_at.movedim(-1, 0).reshape(stack.delta.shape)
+    else:
+        new = base_fn.log_prob(stack.alternatives)  # [A, *shape]
+        new = new[(stack.alternative, Ellipsis, stack.index)]  # [n, *shape[:-1]]
+        old_at = old.index_select(-1, stack.index).movedim(-1, 0)  # [n, *shape[:-1]]
+        correction = (new - old_at).reshape(stack.delta.shape)
+        correction = torch.where(stack.delta != 0, correction, correction.new_zeros(()))
     if reinterpreted == 0:
         changed = torch.nn.functional.one_hot(stack.index, old.shape[-1]).to(old.dtype)
         changed = changed.reshape(
@@ -210,17 +216,45 @@ def _table_rows(change: torch.Tensor) -> torch.Tensor:
     return rows + num * (change < 0)
 
 
+def _flipped_likelihood(
+    h: torch.Tensor,
+    value: torch.Tensor,
+    chosen: torch.Tensor,
+    tables: torch.Tensor,
+    change: torch.Tensor,
+    group: int,
+    log_factors: Callable[..., torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``Σ_p log p(x_p | h_p + change·W[p, i_j])`` ``[n, *slices]`` for logits ``h`` and
+    data ``value`` ``[*batch, P]``, the columns ``chosen = W[:, i_j]ᵀ`` ``[n, P]``, their
+    :func:`_flip_tables` and ``change`` ``[n, *slices]``: the base log-likelihood plus
+    ``change·x·W[:, i_j]`` minus the flipped log-factors, which ``log_factors`` (by
+    default :func:`_flipped_log_factors`, in cache-sized blocks) sums."""
+    old = -F.binary_cross_entropy_with_logits(h, value, reduction="none").sum(-1)
+    log_factor = (log_factors or _flipped_log_factors)(torch.sigmoid(h), tables, change, group)
+    # Σ_p x_p · W[p, i_j] for every entry, as one product
+    x_dot = torch.matmul(value, chosen.t()).movedim(-1, 0)
+    x_dot = x_dot.reshape(x_dot.shape[:1] + (1,) * (change.dim() - x_dot.dim()) + x_dot.shape[1:])
+    return torch.where(change != 0, old + change * x_dot - log_factor, old)
+
+
 def _whole_log_factors(
     sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, group: int
 ) -> torch.Tensor:
-    """:func:`_flipped_log_factors` for ``s`` ``[S, P]`` and ``change`` ``[n, S]`` in one
-    expression, without blocks or ``out=`` buffers: what :data:`_compiled_log_factors`
-    compiles into one kernel that never forms the ``[n, S, P]`` factors."""
+    """:func:`_flipped_log_factors` in one expression, without blocks or ``out=``
+    buffers, for :func:`_whole_flipped_likelihood`."""
     return _log_product(1 + sigmoid * tables[_table_rows(change)], group)
 
 
-#: the flipped reduction compiled per shape (``TraceGO_ELBO(compile_likelihood=True)``)
-_compiled_log_factors = CompiledReduction(_whole_log_factors)
+def _whole_flipped_likelihood(h, value, chosen, tables, change, group) -> torch.Tensor:
+    """:func:`_flipped_likelihood` for ``h``, ``value`` ``[S, P]`` and ``change``
+    ``[n, S]`` in one expression: what :data:`_compiled_likelihood` compiles into one
+    graph whose reduction never forms the ``[n, S, P]`` factors."""
+    return _flipped_likelihood(h, value, chosen, tables, change, group, _whole_log_factors)
+
+
+#: the flipped likelihood compiled per shape (``TraceGO_ELBO(compile_likelihood=True)``)
+_compiled_likelihood = CompiledReduction(_whole_flipped_likelihood)
 
 
 def _flipped_log_factors(
@@ -252,7 +286,7 @@ def _flipped_log_factors(
 
 
 def shifted_bernoulli_log_prob(
-    fn, value: torch.Tensor, compiled: bool = False
+    fn, value: torch.Tensor, compiled: bool = False, record: ShiftedOutput | None = None
 ) -> torch.Tensor | None:
     """``fn.log_prob(value)`` for an elementwise ``Bernoulli(logits=h + d·W[:, i])`` whose
     logits are a deferred :class:`ShiftedOutput` (``d ∈ {−1, 0, 1}``), else ``None``.
@@ -267,21 +301,23 @@ def shifted_bernoulli_log_prob(
     tensor is ever formed.  Weights so large that ``e^{|W|}`` overflows return ``None``,
     which leaves the exact dense log-density.  ``compiled=True`` takes the reduction
     over the event dim through one ``torch.compile`` kernel
-    (:mod:`pyro_go.infer.fused_flips`).  The likelihood half of appendix I's trick;
+    (:mod:`pyro_go.infer.fused_flips`).  ``record`` stands in for the structure of
+    ``fn``'s logits where those are the plain base logits (a recorded linear output,
+    :mod:`pyro_go.infer.recorded_linear`).  The likelihood half of appendix I's trick;
     more accurate than differencing two full likelihoods.  The NumPyro twin is
     :func:`numpyro_go.infer.perturbation.shifted_bernoulli_log_prob`."""
-    found = _elementwise_base(fn)
+    found = elementwise_base(fn)
     if found is None or not isinstance(found[0], torch.distributions.Bernoulli):
         return None
     base_fn, reinterpreted = found
-    # a Bernoulli made from probs has no logits attribute until asked
-    record = structure_of(base_fn.__dict__.get("logits"))
+    if record is None:
+        # a Bernoulli made from probs has no logits attribute until asked
+        record = structure_of(base_fn.__dict__.get("logits"))
     if not isinstance(record, ShiftedOutput):
         return None
     h, change = record.base, record.change
     if h.shape != value.shape:
         h, value = torch.broadcast_tensors(h, value)
-    old = -F.binary_cross_entropy_with_logits(h, value, reduction="none")  # [*batch, P]
     chosen = record.columns[record.index]  # [n, P]
     lowest, highest = torch.aminmax(chosen)
     largest = float(max(-lowest, highest))
@@ -289,6 +325,7 @@ def shifted_bernoulli_log_prob(
         return None
     tables = _flip_tables(chosen)
     if reinterpreted == 0:
+        old = -F.binary_cross_entropy_with_logits(h, value, reduction="none")
         lead = chosen.shape[:1] + (1,) * (change.dim() - 1) + chosen.shape[1:]
         change = change.unsqueeze(-1)
         up, down = tables.chunk(2)
@@ -297,17 +334,11 @@ def shifted_bernoulli_log_prob(
         flipped = old + change * chosen.reshape(lead) * value - torch.log(factor)
         return torch.where(change != 0, flipped, old)
     group = product_group(largest)
-    sigmoid = torch.sigmoid(h)
-    log_factor = None
+    total = None
     if compiled:
-        log_factor = _compiled_log_factors(sigmoid, tables, change, group)
-    if log_factor is None:
-        log_factor = _flipped_log_factors(sigmoid, tables, change, group)
-    # Σ_p x_p · W[p, i_j] for every entry, as one product
-    x_dot = torch.matmul(value, chosen.t()).movedim(-1, 0)
-    x_dot = x_dot.reshape(x_dot.shape[:1] + (1,) * (change.dim() - x_dot.dim()) + x_dot.shape[1:])
-    old_total = old.sum(-1)
-    total = torch.where(change != 0, old_total + change * x_dot - log_factor, old_total)
+        total = _compiled_likelihood(h, value, chosen, tables, change, group)
+    if total is None:
+        total = _flipped_likelihood(h, value, chosen, tables, change, group)
     if reinterpreted > 1:
         total = total.sum(tuple(range(-(reinterpreted - 1), 0)))
     return total
@@ -321,6 +352,18 @@ _FLATTENS = (
     torch.flatten,
     torch.Tensor.flatten,
 )
+
+
+def linear_layer(func, args, kwargs) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(W, b)`` (``W`` ``[out, in]``) when ``func(*args, **kwargs)`` is
+    ``F.linear(x, W, b)`` or ``x @ M`` (``W = Mᵀ``, no ``b``) with a matrix; else ``None``."""
+    if func is F.linear:
+        weight = args[1] if len(args) > 1 else kwargs["weight"]
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        return (weight, bias) if weight.dim() == 2 else None
+    if func in _MATMULS and len(args) > 1 and torch.is_tensor(args[1]) and args[1].dim() == 2:
+        return args[1].t(), None
+    return None
 
 
 def _keeps_shape(tensor: torch.Tensor, args, kwargs) -> bool:
@@ -394,12 +437,7 @@ class AbsorbLinear(TorchFunctionMode):
             if flat is not None:
                 return flat
         if isinstance(stack, SparseStack):
-            if func is F.linear:
-                weight = args[1] if len(args) > 1 else kwargs["weight"]
-                bias = args[2] if len(args) > 2 else kwargs.get("bias")
-                if weight.dim() == 2:
-                    return self._linear(stacked, stack, weight, bias)
-            if func in _MATMULS and len(args) > 1 and torch.is_tensor(args[1]):
-                if args[1].dim() == 2:
-                    return self._linear(stacked, stack, args[1].t(), None)
+            layer = linear_layer(func, args, kwargs)
+            if layer is not None:
+                return self._linear(stacked, stack, *layer)
         return func(*args, **kwargs)

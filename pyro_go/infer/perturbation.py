@@ -43,10 +43,12 @@ from pyro_go.distributions.rules import DiscreteRule
 from pyro_go.infer.linear_absorption import (
     AbsorbLinear,
     OneHotStack,
+    ShiftedOutput,
     SparseStack,
     one_coordinate_log_prob,
     shifted_bernoulli_log_prob,
 )
+from pyro_go.infer.recorded_linear import RecordedRun
 from pyro_go.ops.deferred import DeferredTensor, structure_of
 from pyro_go.ops.provenance import strip
 
@@ -207,6 +209,8 @@ class PerturbationReplay:
         replays reuse the same minibatch).
     :param dependents: model site name -> set of leaf sites whose value it depends on.
     :param depth: number of batch dims right of the stack dim (plates and particle dim).
+    :param recorded: the model's provenance run; where its recorded linear outputs give
+        every term that changes (:mod:`pyro_go.infer.recorded_linear`), no replay runs.
     """
 
     def __init__(
@@ -221,6 +225,7 @@ class PerturbationReplay:
         absorb_linear: bool = True,
         whole_first: bool = False,
         compile_likelihood: bool = False,
+        recorded: RecordedRun | None = None,
     ) -> None:
         self.model = model
         self.guide_trace = guide_trace
@@ -237,6 +242,8 @@ class PerturbationReplay:
         self.chunk_size = chunk_size
         self.absorb_linear = absorb_linear and vectorize
         self.compile_likelihood = compile_likelihood
+        #: the provenance run, whose recorded linear outputs may make replays unneeded
+        self.recorded = recorded if self.absorb_linear else None
         #: "auto" chunks grow to the whole rest of the stack once a replay has read none
         #: of its deferred values: then nothing of size ``[n, *batch, …]`` is formed
         self.grow_chunks = self.absorb_linear and auto_chunk
@@ -323,12 +330,21 @@ class PerturbationReplay:
 
     @staticmethod
     def _site_log_prob(
-        fn, value: torch.Tensor, *args, compiled: bool = False, **kwargs
-    ) -> torch.Tensor:
+        fn,
+        value: torch.Tensor,
+        *args,
+        compiled: bool = False,
+        shifted: ShiftedOutput | None = None,
+        **kwargs,
+    ) -> torch.Tensor | None:
         """``fn.log_prob(value, *args, **kwargs)``, through the structure of the deferred
         stack ``value`` (:func:`one_coordinate_log_prob`) or of ``fn``'s deferred logits
         (:func:`shifted_bernoulli_log_prob`, its reduction compiled if ``compiled``) where
-        there is one and ``fn`` allows."""
+        there is one and ``fn`` allows.  With ``shifted``, the structure of ``fn``'s plain
+        logits on the whole stack: the closed-form likelihood, or ``None`` where it does
+        not apply."""
+        if shifted is not None:
+            return shifted_bernoulli_log_prob(fn, value, compiled, shifted)
         stack = structure_of(value)
         log_prob = None
         if isinstance(stack, SparseStack):
@@ -337,25 +353,22 @@ class PerturbationReplay:
             log_prob = shifted_bernoulli_log_prob(fn, value, compiled)
         return fn.log_prob(value, *args, **kwargs) if log_prob is None else log_prob
 
-    def _log_f(self, values: dict, num: int) -> tuple[dict[str, torch.Tensor], bool]:
-        """``f`` terms that change, summed to each perturbed site's independent plates
-        (site name -> ``[num, *kept]``), and whether the replay had deferred tensors and
-        read none of them."""
-        model_trace, deferred = self._replay(values)
-        totals: dict[str, torch.Tensor] = {}
+    def _dependent_nodes(self, model_trace: Trace, names):
+        """``(name, node, affected)`` for each model sample site whose log-density
+        depends on some of the sites ``names`` (``affected``)."""
         for name, node in model_trace.nodes.items():
             if node["type"] != "sample" or isinstance(node["fn"], _Subsample):
                 continue
-            affected = self.dependents.get(name, frozenset()) & values.keys()
-            if not affected:
-                continue
-            log_prob = self._site_log_prob(
-                node["fn"],
-                node["value"],
-                *node["args"],
-                compiled=self.compile_likelihood,
-                **node["kwargs"],
-            )
+            affected = self.dependents.get(name, frozenset()) & names
+            if affected:
+                yield name, node, affected
+
+    def _totals(self, values: dict, num: int, terms: list) -> dict[str, torch.Tensor]:
+        """``f`` terms that change, summed to each perturbed site's independent plates
+        (site name -> ``[num, *kept]``), from the model terms' log-densities over the
+        stack (``(name, node, affected, log_prob)``) and the guide sites' own."""
+        totals: dict[str, torch.Tensor] = {}
+        for name, node, affected, log_prob in terms:
             log_prob = scale_and_mask(log_prob, node["scale"], node["mask"])
             if self.vectorize:
                 self._check_broadcast(name, log_prob, num)
@@ -373,37 +386,108 @@ class PerturbationReplay:
             totals[site_name] = totals.get(site_name, 0) - _sum_to_frames(
                 log_q, site.independent_frames, self.depth
             )
+        return totals
+
+    def _log_f(self, values: dict, num: int) -> tuple[dict[str, torch.Tensor], bool]:
+        """:meth:`_totals` from a replay of the model over ``values``, and whether the
+        replay had deferred tensors and read none of them."""
+        model_trace, deferred = self._replay(values)
+        terms = [
+            (name, node, affected, self._node_log_prob(node, node["fn"], node["value"]))
+            for name, node, affected in self._dependent_nodes(model_trace, values.keys())
+        ]
+        totals = self._totals(values, num, terms)
         return totals, bool(deferred) and not any(tensor.computed for tensor in deferred)
 
+    def _node_log_prob(self, node: dict, fn, value, shifted=None) -> torch.Tensor | None:
+        return self._site_log_prob(
+            fn,
+            value,
+            *node["args"],
+            compiled=self.compile_likelihood,
+            shifted=shifted,
+            **node["kwargs"],
+        )
+
+    def _recorded_log_f(self) -> tuple[dict, dict[str, torch.Tensor], int] | None:
+        """``(values, totals, num)`` of the whole stack from the provenance run's
+        recorded linear outputs (:mod:`pyro_go.infer.recorded_linear`), without a
+        replay; ``None`` where some changing term needs the replay."""
+        recorded, plan = self.recorded, []
+        nodes = self._dependent_nodes(recorded.model_trace, self._by_name.keys())
+        for name, node, affected in nodes:
+            if len(affected) != 1:
+                return None
+            (site_name,) = affected
+            site = self._by_name[site_name]
+            binary = site.perturbs_last_dim_only and site.base_fn.support is constraints.boolean
+            kind = recorded.term(node, site_name, binary)
+            if kind is None:
+                return None
+            plan.append((name, node, affected, site_name, kind[1]))
+        values, num = self._values_for(0, self.num_entries)
+        terms = []
+        for name, node, affected, site_name, output in plan:
+            if output is None:
+                log_prob = self._node_log_prob(node, node["fn"], values[site_name])
+            else:
+                stack = values[site_name].structure
+                shifted = ShiftedOutput(
+                    output.output.detach(), stack.delta, stack.index, output.columns.detach()
+                )
+                log_prob = self._node_log_prob(node, node["fn"], node["value"], shifted)
+                if log_prob is None:
+                    return None
+            terms.append((name, node, affected, log_prob))
+        return values, self._totals(values, num, terms), num
+
     def deltas(self, args, kwargs) -> dict[str, torch.Tensor]:
-        """Run the replays; returns site name -> ``Δ`` of shape ``[A, *element_shape]``."""
+        """Run the replays (none where the provenance run's recorded linear outputs give
+        every changing term); returns site name -> ``Δ`` of shape
+        ``[A, *element_shape]``."""
         self.args, self.kwargs = args, kwargs
         self._by_name = {site.name: site for site in self.sites}
-        pieces: dict[str, list[torch.Tensor]] = {site.name: [] for site in self.sites}
-        base: dict[str, torch.Tensor] = {}
-        step = self.num_entries if self.whole_first else self.chunk_size or self.num_entries
-        stop, self.stayed_deferred = 0, True
+        self._pieces: dict[str, list[torch.Tensor]] = {site.name: [] for site in self.sites}
+        self._base: dict[str, torch.Tensor] = {}
+        self.stayed_deferred = True
         with torch.no_grad():
-            while stop < self.num_entries:
-                start, stop = stop, min(stop + step, self.num_entries)
-                values, num = self._values_for(start, stop)
-                totals, stayed_deferred = self._log_f(values, num)
-                self.stayed_deferred &= stayed_deferred
-                if stayed_deferred and self.grow_chunks:
-                    step = self.num_entries
-                for name in values:
-                    f = totals[name].expand((num,) + totals[name].shape[1:])
-                    site = self._by_name[name]
-                    lo = max(start, site.offset) - start
-                    hi = min(stop, site.offset + site.num_entries) - start
-                    if start == 0:
-                        base[name] = f[:1]
-                    if hi > lo:
-                        pieces[name].append(f[lo:hi])
+            recorded = self._recorded_log_f() if self.recorded is not None else None
+            if recorded is not None:
+                values, totals, num = recorded
+                self._keep(values, totals, 0, num)
+            else:
+                self._replay_chunks()
         return {
-            site.name: strip(site.delta(torch.cat(pieces[site.name]), base[site.name]))
+            site.name: strip(site.delta(torch.cat(self._pieces[site.name]), self._base[site.name]))
             for site in self.sites
         }
+
+    def _replay_chunks(self) -> None:
+        """Replay the model over the stack, one chunk at a time."""
+        step = self.num_entries if self.whole_first else self.chunk_size or self.num_entries
+        stop = 0
+        while stop < self.num_entries:
+            start, stop = stop, min(stop + step, self.num_entries)
+            values, num = self._values_for(start, stop)
+            totals, stayed_deferred = self._log_f(values, num)
+            self.stayed_deferred &= stayed_deferred
+            if stayed_deferred and self.grow_chunks:
+                step = self.num_entries
+            self._keep(values, totals, start, stop)
+
+    def _keep(self, values: dict, totals: dict, start: int, stop: int) -> None:
+        """File the ``f`` totals of global entries ``start..stop-1`` under their sites
+        (and the base entry's, from the chunk that holds it)."""
+        num = stop - start
+        for name in values:
+            f = totals[name].expand((num,) + totals[name].shape[1:])
+            site = self._by_name[name]
+            lo = max(start, site.offset) - start
+            hi = min(stop, site.offset + site.num_entries) - start
+            if start == 0:
+                self._base[name] = f[:1]
+            if hi > lo:
+                self._pieces[name].append(f[lo:hi])
 
     def _values_for(self, start: int, stop: int) -> tuple[dict, int]:
         """Values of the sites perturbed in global entries ``start..stop-1`` (all sites

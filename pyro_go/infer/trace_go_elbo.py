@@ -17,6 +17,7 @@ from pyro.util import warn_if_nan
 
 from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 from pyro_go.infer.perturbation import DiscreteLeafSite, PerturbationReplay
+from pyro_go.infer.recorded_linear import RecordedRun, RecordLinear
 from pyro_go.infer.trace_utils import (
     coupling_free_frames,
     guide_log_density,
@@ -46,6 +47,17 @@ class _Particle:
     discrete: dict = field(default_factory=dict)
     internal: dict[str, list[str]] = field(default_factory=dict)
     leaves: dict = field(default_factory=dict)
+    recorded: RecordedRun | None = None
+
+
+def _recorded(model: Callable, recorder: RecordLinear) -> Callable:
+    """``model`` with ``recorder`` active while it runs."""
+
+    def recorded_model(*args, **kwargs):
+        with recorder:
+            return model(*args, **kwargs)
+
+    return recorded_model
 
 
 class TraceGO_ELBO(ELBO):
@@ -105,8 +117,12 @@ class TraceGO_ELBO(ELBO):
     :param bool absorb_linear: when a perturbed value goes straight into
         ``F.linear``/``nn.Linear`` or ``@`` with a matrix, compute
         ``L(z) + d_j W[:, i_j]`` instead of the product over the whole stack (appendix
-        I's trick, generic; :mod:`pyro_go.infer.linear_absorption`).  Same gradients up to
-        float rounding; ``False`` turns it off.
+        I's trick, generic; :mod:`pyro_go.infer.linear_absorption`).  Where every term
+        that a flip changes is the site's own prior or a ``Bernoulli`` whose logits are
+        such a layer's output, the model is not replayed at all: the closed forms use
+        the outputs recorded on the run that tracks provenance
+        (:mod:`pyro_go.infer.recorded_linear`).  Same gradients up to float rounding;
+        ``False`` turns both off.
     :param bool compile_likelihood: compute the closed-form flipped Bernoulli likelihood
         (an observed ``Bernoulli(logits=...)`` of a linear layer's absorbed output) with
         one ``torch.compile`` kernel (:mod:`pyro_go.infer.fused_flips`) instead of five
@@ -186,12 +202,14 @@ class TraceGO_ELBO(ELBO):
         for plates, and the Rao-Blackwellised costs of internal sites.
         """
         sampler = GOSampleMessenger(self.categorical_form)
+        recorder = RecordLinear()
         raw_guide_trace, guide_trace, model_trace, tracked = trace_with_provenance(
-            sampler(guide), model, args, kwargs, self.max_plate_nesting
+            sampler(guide), _recorded(model, recorder), args, kwargs, self.max_plate_nesting
         )
         discrete = self._discrete_sites(guide_trace, tracked)
         internal = self._internal_sites(guide_trace, discrete)
         particle = _Particle(model, model_trace, guide_trace, raw_guide_trace, args, kwargs)
+        particle.recorded = RecordedRun(model_trace, tracked, recorder.outputs)
         particle.discrete = discrete
         particle.internal = internal
         particle.leaves = {n: rule for n, rule in discrete.items() if n not in internal}
@@ -339,6 +357,7 @@ class TraceGO_ELBO(ELBO):
             self.absorb_linear,
             whole_first=self._replays_stayed_deferred,
             compile_likelihood=self.compile_likelihood,
+            recorded=particle.recorded,
         )
         deltas = replay.deltas(particle.args, particle.kwargs)
         self._replays_stayed_deferred = replay.stayed_deferred

@@ -1,4 +1,4 @@
-"""The compiled flipped-likelihood reduction gives the eager reduction's values."""
+"""The compiled flipped likelihood gives the eager path's values."""
 
 import pyro
 import pytest
@@ -10,19 +10,21 @@ from pyro_go.infer import fused_flips, linear_absorption
 
 
 def flipped_inputs(slices: tuple, batch: tuple, width: int, scale: float):
-    """``s`` ``[*batch, width]``, the tables of 5 entries and their changes ``[5, *slices]``."""
+    """Logits and data ``[*batch, width]``, the columns of 5 entries, their tables and
+    their changes ``[5, *slices]``."""
     torch.manual_seed(0)
-    sigmoid = torch.sigmoid(3.0 * torch.randn(batch + (width,)))
-    tables = linear_absorption._flip_tables(scale * torch.randn(5, width))
+    h = 3.0 * torch.randn(batch + (width,))
+    value = (torch.rand(batch + (width,)) < 0.5).float()
+    chosen = scale * torch.randn(5, width)
     change = torch.randint(-1, 2, (5,) + slices).float()
-    return sigmoid, tables, change
+    return h, value, chosen, linear_absorption._flip_tables(chosen), change
 
 
 @pytest.fixture
 def kernels(monkeypatch) -> fused_flips.CompiledReduction:
     """The compiled reduction as in a new process, restored afterwards."""
-    fresh = fused_flips.CompiledReduction(linear_absorption._whole_log_factors)
-    monkeypatch.setattr(linear_absorption, "_compiled_log_factors", fresh)
+    fresh = fused_flips.CompiledReduction(linear_absorption._whole_flipped_likelihood)
+    monkeypatch.setattr(linear_absorption, "_compiled_likelihood", fresh)
     return fresh
 
 
@@ -32,14 +34,14 @@ def kernels(monkeypatch) -> fused_flips.CompiledReduction:
     ids=["one-plate", "broadcast-plates-groups-of-2"],
 )
 def test_compiled_reduction_matches_eager(slices, batch, group, kernels):
-    """Same values as :func:`_flipped_log_factors`, with an event size that is no
-    multiple of the group and ``s`` broadcast over a plate it lacks; a shape compiles on
-    its second call."""
-    sigmoid, tables, change = flipped_inputs(slices, batch, width=PIXELS + 3, scale=1.0)
-    assert kernels(sigmoid, tables, change, group) is None
-    compiled = kernels(sigmoid, tables, change, group)
+    """Same values as :func:`_flipped_likelihood`, with an event size that is no
+    multiple of the group and logits broadcast over a plate they lack; a shape compiles
+    on its second call."""
+    inputs = flipped_inputs(slices, batch, width=PIXELS + 3, scale=1.0)
+    assert kernels(*inputs, group) is None
+    compiled = kernels(*inputs, group)
     assert compiled is not None, "torch.compile failed on this machine"
-    eager = linear_absorption._flipped_log_factors(sigmoid, tables, change, group)
+    eager = linear_absorption._flipped_likelihood(*inputs, group)
     assert compiled.shape == eager.shape == (5,) + slices
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
@@ -49,17 +51,17 @@ def test_failed_compile_warns_and_leaves_the_eager_reduction(kernels, monkeypatc
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", no_compiler)
-    sigmoid, tables, change = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
+    inputs = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-        assert kernels(sigmoid, tables, change, 8) is None
+        assert kernels(*inputs, 8) is None
     assert kernels.compiled is False
 
 
 def test_shapes_beyond_the_kernel_limit_take_the_eager_reduction(kernels, monkeypatch):
     monkeypatch.setattr(fused_flips, "MAX_KERNELS", 0)
-    sigmoid, tables, change = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
+    inputs = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
     for _ in range(3):
-        assert kernels(sigmoid, tables, change, 8) is None
+        assert kernels(*inputs, 8) is None
     assert not kernels.kernels
 
 
@@ -73,7 +75,7 @@ def test_compiled_likelihood_gives_the_same_gradients(kernels, monkeypatch):
         calls.append(result is not None)
         return result
 
-    monkeypatch.setattr(linear_absorption, "_compiled_log_factors", spy)
+    monkeypatch.setattr(linear_absorption, "_compiled_likelihood", spy)
     model, guide, params = vae(make_decoder("linear"))
     x = (torch.rand(5, PIXELS) > 0.5).float()
     grads = {}
