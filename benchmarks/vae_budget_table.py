@@ -322,6 +322,8 @@ def main() -> None:
         stem = f"vae_budget_batch{args.batch_size}"
         if args.threads and args.threads > 1:
             stem += f"_{args.threads}threads"
+        if args.seed:
+            stem += f"_seed{args.seed}"
         (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
         plot_curves(
             curves,

@@ -1,11 +1,13 @@
-"""The flipped Bernoulli likelihood's reduction as one ``torch.compile`` kernel per shape.
+"""The flipped Bernoulli likelihood as one ``torch.compile`` graph per shape.
 
 :func:`~pyro_go.infer.linear_absorption.shifted_bernoulli_log_prob` spends most of its
 time in ``Σ_p log(1 + s_p·t_{j,p})`` over every entry ``j`` and slice: for the discrete
 VAE at batch 24 that is 3.8 M factors, which eager PyTorch takes in five passes per
 cache-sized block (gather, multiply-add, product, log, sum).  Compiled, the gather and
 the multiply-add fuse into the product, so each factor is read once: 1.6 → 0.6 ms on
-one CPU core at batch 24, 6.3 → 2.5 ms at batch 100 (the reduction alone).
+one CPU core at batch 24, 6.3 → 2.5 ms at batch 100 (the reduction alone).  The base
+log-likelihood, ``x·W[:, i_j]`` and the final ``where`` around it go into the same graph,
+which saves about ten eager calls (about 0.1 ms at batch 24).
 
 Compiling costs a few seconds on the first call of a process (a C++ compiler is
 needed on CPU) and about a second for each new shape, product group, dtype or device.
