@@ -19,7 +19,9 @@ full training and validation splits (one sample per image).  Estimators:
 * ``numpyro_go.TraceGO_ELBO`` and ``TraceGO_ELBO(absorb_linear=False)`` (jitted).
 
 Run: ``python benchmarks/vae_budget_table.py --data mnist.npz --budget 240
---batch-size 24 [--estimators ...]``; ``--quick`` for a smoke run on the bundled subset.
+--batch-size 24 [--estimators ...] [--seed N] [--tag NAME]``; ``--quick`` for a smoke run
+on the bundled subset.  The table's header names the CPU: per second, GO's ranking
+against the score function depends on it (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vae_step_time import hand_written_go_surrogate
-from wallclock import RESULTS, Curve, plot_curves, train_for_budget
+from wallclock import RESULTS, Curve, cpu_name, plot_curves, train_for_budget
 
 from pyro_go.contrib import DiscreteVAE
 from pyro_go.datasets import dynamic_binarize, load_mnist, minibatches
@@ -269,6 +271,9 @@ def main() -> None:
         help="pin the process to this many CPU cores, with as many intra-op threads",
     )
     parser.add_argument("--quick", action="store_true", help="5 s each, bundled subset")
+    parser.add_argument(
+        "--tag", default="", help="appended to the results files' names (e.g. the machine)"
+    )
     args = parser.parse_args()
     if args.threads is not None:
         # XLA's CPU runtime runs work on its own threads whatever the flags say: only
@@ -306,8 +311,8 @@ def main() -> None:
     lines = [
         f"Linear 200-Bernoulli VAE, MNIST ({len(data['x_train'])} train / "
         f"{len(data['x_valid'])} valid), batch {args.batch_size}, Adam {args.lr}, "
-        f"{args.budget:.0f} s of training per estimator, one process, this machine, "
-        f"{args.threads or torch.get_num_threads()} thread(s).",
+        f"{args.budget:.0f} s of training per estimator, one process, "
+        f"{args.threads or torch.get_num_threads()} thread(s) of {cpu_name()}.",
         "",
         "| estimator | ms per step | steps | train ELBO | valid ELBO |",
         "|---|---|---|---|---|",
@@ -324,6 +329,8 @@ def main() -> None:
             stem += f"_{args.threads}threads"
         if args.seed:
             stem += f"_seed{args.seed}"
+        if args.tag:
+            stem += f"_{args.tag}"
         (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
         plot_curves(
             curves,

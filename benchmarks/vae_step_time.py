@@ -31,7 +31,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from wallclock import median_step_ms
+from wallclock import cpu_name, median_step_ms
 
 from pyro_go import TraceGO_ELBO
 from pyro_go.contrib import DiscreteVAE
@@ -136,7 +136,10 @@ def main() -> None:
 
     batches = batch_stream()
     vae = DiscreteVAE()
-    print(f"torch threads: {torch.get_num_threads()}, batch {args.batch_size}, {LATENTS} latents")
+    print(
+        f"torch threads: {torch.get_num_threads()} ({cpu_name()}), batch {args.batch_size}, "
+        f"{LATENTS} latents"
+    )
     times = time_steps(vae, batches, args.steps)
     floor = times["hand-written stacked GO"]
     print("\n| estimator | median time per step (ms) | vs hand-written |")

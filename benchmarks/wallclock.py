@@ -4,6 +4,7 @@ curves as a PNG plot."""
 
 from __future__ import annotations
 
+import platform
 import statistics
 import sys
 import time
@@ -14,6 +15,21 @@ from pathlib import Path
 from tqdm import tqdm
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_name() -> str:
+    """The CPU's model name, family and model (from ``/proc/cpuinfo`` on Linux), for
+    tables' headers: the ranking of GO against the score function per second depends on
+    it (a transcendental-heavy flipped likelihood against matmul-heavy score-function
+    steps), and a virtual machine's model name alone can be as vague as "AMD EPYC"."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0].splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    pairs = (line.split(":", 1) for line in lines if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in pairs}
+    name = fields.get("model name", platform.machine())
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 @dataclass
