@@ -31,7 +31,7 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
-from wallclock import RESULTS, Curve, plot_curves, train_for_budget
+from wallclock import RESULTS, Curve, cpu_name, plot_curves, train_for_budget
 
 from pyro_go import TraceGO_ELBO
 from pyro_go.contrib import PoissonGammaDEF, pixel_counts
@@ -107,7 +107,7 @@ def main() -> None:
     print(
         f"DEF {'-'.join(map(str, args.layers))} on {len(counts)} MNIST count images, batch "
         f"{args.batch_size}, {args.budget:.0f} s per estimator, torch threads "
-        f"{torch.get_num_threads()}"
+        f"{torch.get_num_threads()} of {cpu_name()}"
     )
     start = time.perf_counter()
     curves = [run(name, counts, evaluation, args) for name in ESTIMATORS]

@@ -27,7 +27,7 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO
-from wallclock import RESULTS, Curve, plot_curves, train_for_budget
+from wallclock import RESULTS, Curve, cpu_name, plot_curves, train_for_budget
 
 from pyro_go import TraceGO_ELBO
 from pyro_go.contrib import DiscreteVAE
@@ -117,7 +117,8 @@ def main() -> None:
     sizes = ", ".join(f"{key[2:]} {len(value)}" for key, value in data.items())
     print(
         f"discrete VAE ({model}), MNIST ({sizes}), batch {args.batch_size}, "
-        f"{args.budget:.0f} s per estimator, torch threads {torch.get_num_threads()}"
+        f"{args.budget:.0f} s per estimator, torch threads {torch.get_num_threads()} "
+        f"of {cpu_name()}"
     )
     start = time.perf_counter()
     results = []
@@ -127,7 +128,7 @@ def main() -> None:
     lines = [
         f"Discrete VAE, {model}, 200 Bernoulli latents, dynamically binarised MNIST "
         f"({sizes} images), batch {args.batch_size}, Adam lr {args.lr:g}, "
-        f"{args.budget:.0f} s of training per estimator on this machine's CPU "
+        f"{args.budget:.0f} s of training per estimator on {cpu_name()} "
         f"({torch.get_num_threads()} torch threads). ELBO per image on the full splits, "
         f"estimated off the clock every {args.eval_every:.0f} s (one sample per image); "
         "best = best of those evaluations.",

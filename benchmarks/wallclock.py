@@ -1,6 +1,6 @@
-"""Shared by the wall-clock benchmarks (``vae_wallclock.py``, ``def_wallclock.py``):
-train for a fixed budget of seconds with evaluations off the clock, then report the
-curves as a PNG plot."""
+"""Shared by the wall-clock benchmarks (``vae_wallclock.py``, ``def_wallclock.py``,
+``vae_budget_table.py``): train for a fixed budget of seconds with evaluations off the
+clock, report the curves as a PNG plot, and name the CPU the numbers came from."""
 
 from __future__ import annotations
 

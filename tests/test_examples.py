@@ -43,9 +43,19 @@ def test_variance_toys_benchmark_reaches_the_go_floor():
 
 @pytest.mark.slow
 def test_wallclock_benchmarks_quick():
-    assert "TraceGO_ELBO" in run("benchmarks/vae_wallclock.py", "--quick")
-    assert "TraceGO_ELBO" in run("benchmarks/def_wallclock.py", "--quick")
-    assert "numpyro_go.TraceGO_ELBO" in run("benchmarks/vae_budget_table.py", "--quick")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from wallclock import cpu_name
+
+    outputs = {
+        "benchmarks/vae_wallclock.py": "TraceGO_ELBO",
+        "benchmarks/def_wallclock.py": "TraceGO_ELBO",
+        "benchmarks/vae_budget_table.py": "numpyro_go.TraceGO_ELBO",
+    }
+    for script, estimator in outputs.items():
+        out = run(script, "--quick")
+        assert estimator in out
+        # the ranking per second depends on the CPU: every table names it
+        assert f"of {cpu_name()}" in out, script
 
 
 @pytest.mark.slow
