@@ -1,13 +1,12 @@
-"""The flipped Bernoulli likelihood as one ``torch.compile`` graph per shape.
+"""The flipped Bernoulli likelihood's differences as one ``torch.compile`` graph per shape.
 
-:func:`~pyro_go.infer.linear_absorption.shifted_bernoulli_log_prob` spends most of its
+:func:`~pyro_go.infer.linear_absorption.bernoulli_flip_differences` spends most of its
 time in ``Σ_p log(1 + s_p·t_{j,p})`` over every entry ``j`` and slice: for the discrete
 VAE at batch 24 that is 3.8 M factors, which eager PyTorch takes in five passes per
 cache-sized block (gather, multiply-add, product, log, sum).  Compiled, the gather and
 the multiply-add fuse into the product, so each factor is read once: 1.6 → 0.6 ms on
-one CPU core at batch 24, 6.3 → 2.5 ms at batch 100 (the reduction alone).  The base
-log-likelihood, ``x·W[:, i_j]`` and the final ``where`` around it go into the same graph,
-which saves about ten eager calls (about 0.1 ms at batch 24).
+one CPU core at batch 24, 6.3 → 2.5 ms at batch 100 (the reduction alone).
+``x·W[:, i_j]`` and the difference around the reduction go into the same graph.
 
 Compiling costs a few seconds on the first call of a process (a C++ compiler is
 needed on CPU) and about a second for each new shape, product group, dtype or device.
@@ -42,7 +41,7 @@ def _warn(error: Exception) -> None:
 
 
 class CompiledReduction:
-    """``likelihood(h [S, P], value [S, P], chosen [n, P], tables [2n, P], change [n, S],
+    """``differences(h [S, P], value [S, P], chosen [n, P], tables [2n, P], change [n, S],
     group) -> [n, S]`` compiled with static shapes on each shape's second call.
 
     Calling it with ``h`` and ``value`` ``[*batch, P]`` and ``change`` ``[n, *slices]``
@@ -50,8 +49,8 @@ class CompiledReduction:
     eager path: on a shape's first call, past :data:`MAX_KERNELS` shapes, and once
     compiling has failed."""
 
-    def __init__(self, likelihood: Callable[..., torch.Tensor]) -> None:
-        self.likelihood = likelihood
+    def __init__(self, differences: Callable[..., torch.Tensor]) -> None:
+        self.differences = differences
         #: the compiled function, made on first use; ``False`` once compiling has failed
         self.compiled = None
         #: calls so far per shape (with product group, dtype and device) not compiled yet
@@ -61,7 +60,7 @@ class CompiledReduction:
 
     def _compile(self):
         try:
-            return torch.compile(self.likelihood, dynamic=False)
+            return torch.compile(self.differences, dynamic=False)
         except Exception as error:  # e.g. a Python version dynamo does not support
             _warn(error)
             return False

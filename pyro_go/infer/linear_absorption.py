@@ -216,7 +216,7 @@ def _table_rows(change: torch.Tensor) -> torch.Tensor:
     return rows + num * (change < 0)
 
 
-def _flipped_likelihood(
+def _flip_differences(
     h: torch.Tensor,
     value: torch.Tensor,
     chosen: torch.Tensor,
@@ -225,36 +225,36 @@ def _flipped_likelihood(
     group: int,
     log_factors: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``Σ_p log p(x_p | h_p + change·W[p, i_j])`` ``[n, *slices]`` for logits ``h`` and
-    data ``value`` ``[*batch, P]``, the columns ``chosen = W[:, i_j]ᵀ`` ``[n, P]``, their
-    :func:`_flip_tables` and ``change`` ``[n, *slices]``: the base log-likelihood plus
-    ``change·x·W[:, i_j]`` minus the flipped log-factors, which ``log_factors`` (by
-    default :func:`_flipped_log_factors`, in cache-sized blocks) sums."""
-    old = -F.binary_cross_entropy_with_logits(h, value, reduction="none").sum(-1)
+    """``Σ_p [log p(x_p | h_p + change·W[p, i_j]) − log p(x_p | h_p)]`` ``[n, *slices]``
+    for logits ``h`` and data ``value`` ``[*batch, P]``, the columns
+    ``chosen = W[:, i_j]ᵀ`` ``[n, P]``, their :func:`_flip_tables` and ``change``
+    ``[n, *slices]`` (entries with change 0 get a meaningless value): ``change·x·W[:, i_j]``
+    minus the flipped log-factors, which ``log_factors`` (by default
+    :func:`_flipped_log_factors`, in cache-sized blocks) sums."""
     log_factor = (log_factors or _flipped_log_factors)(torch.sigmoid(h), tables, change, group)
     # Σ_p x_p · W[p, i_j] for every entry, as one product
     x_dot = torch.matmul(value, chosen.t()).movedim(-1, 0)
     x_dot = x_dot.reshape(x_dot.shape[:1] + (1,) * (change.dim() - x_dot.dim()) + x_dot.shape[1:])
-    return torch.where(change != 0, old + change * x_dot - log_factor, old)
+    return change * x_dot - log_factor
 
 
 def _whole_log_factors(
     sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, group: int
 ) -> torch.Tensor:
     """:func:`_flipped_log_factors` in one expression, without blocks or ``out=``
-    buffers, for :func:`_whole_flipped_likelihood`."""
+    buffers, for :func:`_whole_flip_differences`."""
     return _log_product(1 + sigmoid * tables[_table_rows(change)], group)
 
 
-def _whole_flipped_likelihood(h, value, chosen, tables, change, group) -> torch.Tensor:
-    """:func:`_flipped_likelihood` for ``h``, ``value`` ``[S, P]`` and ``change``
-    ``[n, S]`` in one expression: what :data:`_compiled_likelihood` compiles into one
+def _whole_flip_differences(h, value, chosen, tables, change, group) -> torch.Tensor:
+    """:func:`_flip_differences` for ``h``, ``value`` ``[S, P]`` and ``change``
+    ``[n, S]`` in one expression: what :data:`_compiled_differences` compiles into one
     graph whose reduction never forms the ``[n, S, P]`` factors."""
-    return _flipped_likelihood(h, value, chosen, tables, change, group, _whole_log_factors)
+    return _flip_differences(h, value, chosen, tables, change, group, _whole_log_factors)
 
 
-#: the flipped likelihood compiled per shape (``TraceGO_ELBO(compile_likelihood=True)``)
-_compiled_likelihood = CompiledReduction(_whole_flipped_likelihood)
+#: the flip differences compiled per shape (``TraceGO_ELBO(compile_likelihood=True)``)
+_compiled_differences = CompiledReduction(_whole_flip_differences)
 
 
 def _flipped_log_factors(
@@ -289,22 +289,13 @@ def shifted_bernoulli_log_prob(
     fn, value: torch.Tensor, compiled: bool = False, record: ShiftedOutput | None = None
 ) -> torch.Tensor | None:
     """``fn.log_prob(value)`` for an elementwise ``Bernoulli(logits=h + d·W[:, i])`` whose
-    logits are a deferred :class:`ShiftedOutput` (``d ∈ {−1, 0, 1}``), else ``None``.
-
-    With ``s = σ(h)`` and ``δ = d·W[:, i]``, elementwise
-    ``log p(x | h + δ) = log p(x | h) + x·δ − log(1 + s·(e^δ − 1))``; ``e^{±W} − 1`` is one
-    table for all entries, so an entry costs a multiply-add per element instead of a
-    ``softplus``, and over an event dim the logarithms are taken of products of
-    up to :data:`PRODUCT_GROUP` factors (each in ``[e^{−|W|}, e^{|W|}]``; fewer as
-    ``max|W|`` grows, so that no product leaves ``e^{±80}``: :func:`product_group`), in
-    cache-sized blocks (:func:`_flipped_log_factors`), so that no ``[n, *batch, P]``
-    tensor is ever formed.  Weights so large that ``e^{|W|}`` overflows return ``None``,
-    which leaves the exact dense log-density.  ``compiled=True`` takes the reduction
-    over the event dim through one ``torch.compile`` kernel
-    (:mod:`pyro_go.infer.fused_flips`).  ``record`` stands in for the structure of
-    ``fn``'s logits where those are the plain base logits (a recorded linear output,
-    :mod:`pyro_go.infer.recorded_linear`).  The likelihood half of appendix I's trick;
-    more accurate than differencing two full likelihoods.  The NumPyro twin is
+    logits are a deferred :class:`ShiftedOutput` (``d ∈ {−1, 0, 1}``), else ``None``:
+    ``log p(x | h)`` plus :func:`bernoulli_flip_differences` over an event dim (its
+    reduction compiled if ``compiled``), the elementwise closed form without one.
+    Weights so large that ``e^{|W|}`` overflows return ``None``, which leaves the exact
+    dense log-density.  ``record`` stands in for the structure of ``fn``'s logits where
+    those are the plain base logits (a recorded linear output,
+    :mod:`pyro_go.infer.recorded_linear`).  The NumPyro twin is
     :func:`numpyro_go.infer.perturbation.shifted_bernoulli_log_prob`."""
     found = elementwise_base(fn)
     if found is None or not isinstance(found[0], torch.distributions.Bernoulli):
@@ -319,12 +310,11 @@ def shifted_bernoulli_log_prob(
     if h.shape != value.shape:
         h, value = torch.broadcast_tensors(h, value)
     chosen = record.columns[record.index]  # [n, P]
-    lowest, highest = torch.aminmax(chosen)
-    largest = float(max(-lowest, highest))
-    if largest >= math.log(torch.finfo(chosen.dtype).max):
-        return None
-    tables = _flip_tables(chosen)
     if reinterpreted == 0:
+        checked = _checked_flip_tables(chosen)
+        if checked is None:
+            return None
+        tables = checked[0]
         old = -F.binary_cross_entropy_with_logits(h, value, reduction="none")
         lead = chosen.shape[:1] + (1,) * (change.dim() - 1) + chosen.shape[1:]
         change = change.unsqueeze(-1)
@@ -333,15 +323,60 @@ def shifted_bernoulli_log_prob(
         factor = torch.addcmul(h.new_ones(()), torch.sigmoid(h), table)
         flipped = old + change * chosen.reshape(lead) * value - torch.log(factor)
         return torch.where(change != 0, flipped, old)
-    group = product_group(largest)
-    total = None
-    if compiled:
-        total = _compiled_likelihood(h, value, chosen, tables, change, group)
-    if total is None:
-        total = _flipped_likelihood(h, value, chosen, tables, change, group)
+    differences = bernoulli_flip_differences(h, value, chosen, change, compiled)
+    if differences is None:
+        return None
+    old = -F.binary_cross_entropy_with_logits(h, value, reduction="none").sum(-1)
+    total = torch.where(change != 0, old + differences, old)
     if reinterpreted > 1:
         total = total.sum(tuple(range(-(reinterpreted - 1), 0)))
     return total
+
+
+def _checked_flip_tables(chosen: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """:func:`_flip_tables` of ``chosen`` and ``max|chosen|``, or ``None`` where
+    ``e^{|W|}`` overflows."""
+    lowest, highest = torch.aminmax(chosen)
+    largest = float(max(-lowest, highest))
+    if largest >= math.log(torch.finfo(chosen.dtype).max):
+        return None
+    return _flip_tables(chosen), largest
+
+
+def bernoulli_flip_differences(
+    h: torch.Tensor,
+    value: torch.Tensor,
+    chosen: torch.Tensor,
+    change: torch.Tensor,
+    compiled: bool = False,
+) -> torch.Tensor | None:
+    """``Σ_p [log p(x_p | h_p + change_j·chosen[j, p]) − log p(x_p | h_p)]`` for an
+    elementwise ``Bernoulli(logits=h)`` over the last dim: ``[n, *slices]`` from ``h``
+    and ``value`` ``[*batch, P]``, the columns ``chosen`` ``[n, P]`` (``W[:, i_j]ᵀ``)
+    and ``change`` ``[n, *slices]`` in ``{−1, 1}`` (entries with change 0 get a
+    meaningless value); ``None`` where ``e^{|W|}`` overflows.
+
+    Elementwise ``log p(x | h + δ) − log p(x | h) = x·δ − log(1 + s·(e^δ − 1))`` with
+    ``s = σ(h)``; ``e^{±W} − 1`` is one table for all entries, so an entry costs a
+    multiply-add per element instead of a ``softplus``, and the logarithms are taken of
+    products of up to :data:`PRODUCT_GROUP` factors (each in ``[e^{−|W|}, e^{|W|}]``;
+    fewer as ``max|W|`` grows, so that no product leaves ``e^{±80}``:
+    :func:`product_group`), in cache-sized blocks (:func:`_flipped_log_factors`), so
+    that no ``[n, *batch, P]`` tensor is ever formed.  ``compiled=True`` takes the sum
+    through one ``torch.compile`` kernel per shape (:mod:`pyro_go.infer.fused_flips`).
+    The likelihood half of appendix I's trick (eqs. 34–36); more accurate than
+    differencing two full likelihoods."""
+    checked = _checked_flip_tables(chosen)
+    if checked is None:
+        return None
+    tables, largest = checked
+    group = product_group(largest)
+    differences = None
+    if compiled:
+        differences = _compiled_differences(h, value, chosen, tables, change, group)
+    if differences is None:
+        differences = _flip_differences(h, value, chosen, tables, change, group)
+    return differences
 
 
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)

@@ -40,6 +40,7 @@ from torch.distributions import constraints
 
 from pyro_go.distributions.registry import unwrap_distribution
 from pyro_go.distributions.rules import DiscreteRule
+from pyro_go.infer.closed_form_deltas import closed_form_deltas
 from pyro_go.infer.linear_absorption import (
     AbsorbLinear,
     OneHotStack,
@@ -48,7 +49,7 @@ from pyro_go.infer.linear_absorption import (
     one_coordinate_log_prob,
     shifted_bernoulli_log_prob,
 )
-from pyro_go.infer.recorded_linear import RecordedRun
+from pyro_go.infer.recorded_linear import RecordedRun, RecordedTerm
 from pyro_go.ops.deferred import DeferredTensor, structure_of
 from pyro_go.ops.provenance import strip
 
@@ -409,10 +410,10 @@ class PerturbationReplay:
             **node["kwargs"],
         )
 
-    def _recorded_log_f(self) -> tuple[dict, dict[str, torch.Tensor], int] | None:
-        """``(values, totals, num)`` of the whole stack from the provenance run's
-        recorded linear outputs (:mod:`pyro_go.infer.recorded_linear`), without a
-        replay; ``None`` where some changing term needs the replay."""
+    def _recorded_plan(self) -> list[RecordedTerm] | None:
+        """How each model term that the sites' flips change follows from the provenance
+        run's recorded linear outputs (:mod:`pyro_go.infer.recorded_linear`), or
+        ``None`` where some changing term needs the replay."""
         recorded, plan = self.recorded, []
         nodes = self._dependent_nodes(recorded.model_trace, self._by_name.keys())
         for name, node, affected in nodes:
@@ -424,10 +425,15 @@ class PerturbationReplay:
             kind = recorded.term(node, site_name, binary)
             if kind is None:
                 return None
-            plan.append((name, node, affected, site_name, kind[1]))
+            plan.append(RecordedTerm(name, node, site_name, kind[1]))
+        return plan
+
+    def _recorded_log_f(self, plan: list[RecordedTerm]) -> tuple[dict, dict, int] | None:
+        """``(values, totals, num)`` of the whole stack from the recorded terms
+        ``plan``, without a replay; ``None`` where a likelihood has no closed form."""
         values, num = self._values_for(0, self.num_entries)
         terms = []
-        for name, node, affected, site_name, output in plan:
+        for name, node, site_name, output in plan:
             if output is None:
                 log_prob = self._node_log_prob(node, node["fn"], values[site_name])
             else:
@@ -438,7 +444,7 @@ class PerturbationReplay:
                 log_prob = self._node_log_prob(node, node["fn"], node["value"], shifted)
                 if log_prob is None:
                     return None
-            terms.append((name, node, affected, log_prob))
+            terms.append((name, node, frozenset({site_name}), log_prob))
         return values, self._totals(values, num, terms), num
 
     def deltas(self, args, kwargs) -> dict[str, torch.Tensor]:
@@ -451,7 +457,12 @@ class PerturbationReplay:
         self._base: dict[str, torch.Tensor] = {}
         self.stayed_deferred = True
         with torch.no_grad():
-            recorded = self._recorded_log_f() if self.recorded is not None else None
+            plan = self._recorded_plan() if self.recorded is not None else None
+            if plan is not None:
+                closed = closed_form_deltas(self.sites, plan, self.compile_likelihood)
+                if closed is not None:
+                    return closed
+            recorded = self._recorded_log_f(plan) if plan is not None else None
             if recorded is not None:
                 values, totals, num = recorded
                 self._keep(values, totals, 0, num)

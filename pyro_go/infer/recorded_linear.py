@@ -15,20 +15,22 @@ model's terms only
 then every term that a flip of ``z`` changes has a closed form in numbers that run has
 already computed: the perturbation replay (:mod:`pyro_go.infer.perturbation`) would
 recompute ``h`` and run the model's Python and Pyro's effect handlers once more to
-arrive at the same closed forms (appendix I's trick, eqs. 34–36).  :class:`RecordLinear`
-records the linear layers applied to tracked values during that run, and
-:class:`RecordedRun` matches the model's terms to them.  Any other use of ``z`` (a
-nonlinear first layer, logits changed after the layer, a term that depends on two
-sites) leaves the replay, which gives the same numbers.
+arrive at the same closed forms (appendix I's trick, eqs. 34–36).  The values the model
+receives in that run are :class:`RecordingTensor` values, which record the linear layers
+applied to them, and :class:`RecordedRun` matches the model's terms to those.  The
+matched terms give ``Δ`` in closed form (:mod:`pyro_go.infer.closed_form_deltas`), or
+where their layout is not that simple, over the perturbation stack.  Any other use of
+``z`` (a nonlinear first layer, logits changed after the layer, a term that depends on
+two sites) leaves the replay, which gives the same numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from pyro.poutine.trace_struct import Trace
-from torch.overrides import TorchFunctionMode
 
 from pyro_go.infer.linear_absorption import elementwise_base, linear_layer
 from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
@@ -40,7 +42,6 @@ class LinearOutput:
     ``output`` without provenance, and its version counter when it was made (an
     in-place change afterwards makes it a different value)."""
 
-    input: torch.Tensor
     columns: torch.Tensor
     output: torch.Tensor
     version: int
@@ -57,34 +58,54 @@ class LinearOutput:
         )
 
 
-class RecordLinear(TorchFunctionMode):
-    """While active, records every linear layer (:func:`linear_layer`) whose input is
-    a provenance-tracked tensor, in ``outputs``; changes nothing it sees."""
+class RecordedTerm(NamedTuple):
+    """A model term that a flip of leaf site ``site`` alone changes, as the recorded run
+    gives it: ``output`` is the recorded linear output that is its Bernoulli logits, or
+    ``None`` when the term's value is the site's."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.outputs: list[LinearOutput] = []
+    name: str
+    node: dict
+    site: str
+    output: LinearOutput | None
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        if args and isinstance(args[0], ProvenanceTensor) and torch.is_tensor(result):
-            layer = linear_layer(func, args, kwargs)
+
+class RecordingTensor(ProvenanceTensor):
+    """A discrete site's tracked value as the model receives it: a
+    :class:`~pyro_go.ops.provenance.ProvenanceTensor` that also records, in
+    ``linear_outputs``, every linear layer (:func:`linear_layer`) applied to it
+    directly.  Results of ops on it are plain provenance tensors, so recording costs
+    nothing beyond the ops on the value itself (a ``TorchFunctionMode`` would see every
+    op of the model)."""
+
+    linear_outputs: list[LinearOutput]
+
+    @staticmethod
+    def __new__(cls, data: torch.Tensor, provenance: frozenset):
+        recording = super().__new__(cls, data, provenance)
+        recording.linear_outputs = []
+        return recording
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        result = super().__torch_function__(func, types, args, kwargs)
+        if args and type(args[0]) is cls and torch.is_tensor(result):
+            layer = linear_layer(func, args, kwargs or {})
             if layer is not None:
                 output = strip(result)
                 columns = strip(layer[0]).t()
-                self.outputs.append(LinearOutput(args[0], columns, output, output._version))
+                record = LinearOutput(columns, output, output._version)
+                args[0].linear_outputs.append(record)
         return result
 
 
 @dataclass
 class RecordedRun:
-    """The provenance run of the model: its trace, the tracked value of each discrete
-    guide site it received, and the linear layers it applied to them."""
+    """The provenance run of the model: its trace and the tracked value of each discrete
+    guide site it received (a :class:`RecordingTensor` holds the linear layers the
+    model applied to it)."""
 
     model_trace: Trace
     tracked: dict[str, torch.Tensor]
-    outputs: list[LinearOutput] = field(default_factory=list)
 
     def term(self, node: dict, site: str, binary: bool) -> tuple[str, LinearOutput | None] | None:
         """How model term ``node``, which depends on leaf site ``site`` alone, changes
@@ -102,8 +123,8 @@ class RecordedRun:
             if site in provenance_of(node["value"]) or "logits" not in vars(base_fn):
                 return None
             logits = strip(base_fn.logits)
-            for output in self.outputs:
-                if output.input is self.tracked[site] and output.is_unchanged(logits):
+            for output in getattr(self.tracked[site], "linear_outputs", ()):
+                if output.is_unchanged(logits):
                     return "logits", output
             return None
         if node["value"] is self.tracked[site]:

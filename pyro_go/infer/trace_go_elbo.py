@@ -17,7 +17,7 @@ from pyro.util import warn_if_nan
 
 from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 from pyro_go.infer.perturbation import DiscreteLeafSite, PerturbationReplay
-from pyro_go.infer.recorded_linear import RecordedRun, RecordLinear
+from pyro_go.infer.recorded_linear import RecordedRun
 from pyro_go.infer.trace_utils import (
     coupling_free_frames,
     guide_log_density,
@@ -48,16 +48,6 @@ class _Particle:
     internal: dict[str, list[str]] = field(default_factory=dict)
     leaves: dict = field(default_factory=dict)
     recorded: RecordedRun | None = None
-
-
-def _recorded(model: Callable, recorder: RecordLinear) -> Callable:
-    """``model`` with ``recorder`` active while it runs."""
-
-    def recorded_model(*args, **kwargs):
-        with recorder:
-            return model(*args, **kwargs)
-
-    return recorded_model
 
 
 class TraceGO_ELBO(ELBO):
@@ -205,17 +195,14 @@ class TraceGO_ELBO(ELBO):
         may spare ``D_y f`` its replay (:mod:`pyro_go.infer.recorded_linear`).
         """
         sampler = GOSampleMessenger(self.categorical_form)
-        recorder = RecordLinear()
-        tracked_model = model
-        if self.absorb_linear and self.vectorize_perturbations:
-            tracked_model = _recorded(model, recorder)
+        record_linear = self.absorb_linear and self.vectorize_perturbations
         raw_guide_trace, guide_trace, model_trace, tracked = trace_with_provenance(
-            sampler(guide), tracked_model, args, kwargs, self.max_plate_nesting
+            sampler(guide), model, args, kwargs, self.max_plate_nesting, record_linear
         )
         discrete = self._discrete_sites(guide_trace, tracked)
         internal = self._internal_sites(guide_trace, discrete)
         particle = _Particle(model, model_trace, guide_trace, raw_guide_trace, args, kwargs)
-        particle.recorded = RecordedRun(model_trace, tracked, recorder.outputs)
+        particle.recorded = RecordedRun(model_trace, tracked)
         particle.discrete = discrete
         particle.internal = internal
         particle.leaves = {n: rule for n, rule in discrete.items() if n not in internal}

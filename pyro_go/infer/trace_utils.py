@@ -12,6 +12,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape
 
+from pyro_go.infer.recorded_linear import RecordingTensor
 from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
 
 
@@ -75,16 +76,21 @@ class TrackedTraces(NamedTuple):
     tracked: dict
 
 
-def trace_with_provenance(guide, model, args, kwargs, max_plate_nesting) -> TrackedTraces:
+def trace_with_provenance(
+    guide, model, args, kwargs, max_plate_nesting, record_linear: bool = False
+) -> TrackedTraces:
     """Runs ``guide`` (already wrapped in a sampling messenger that returns
     :class:`~pyro_go.ops.provenance.ProvenanceTensor` values) and replays ``model``
-    against it, with Pyro's usual validation."""
+    against it, with Pyro's usual validation.  With ``record_linear`` the model receives
+    the tracked values as :class:`~pyro_go.infer.recorded_linear.RecordingTensor`
+    values, which record the linear layers applied to them."""
     raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     tracked = {}
     for name, node in sample_sites(raw_guide_trace).items():
-        if isinstance(node["value"], ProvenanceTensor):
-            tracked[name] = node["value"]
-            node["value"] = node["value"]._t
+        value = node["value"]
+        if isinstance(value, ProvenanceTensor):
+            tracked[name] = RecordingTensor(value._t, value._provenance) if record_linear else value
+            node["value"] = value._t
     guide_trace = prune_subsample_sites(raw_guide_trace)
     guide_trace.compute_log_prob()
 

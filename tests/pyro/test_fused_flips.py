@@ -23,8 +23,8 @@ def flipped_inputs(slices: tuple, batch: tuple, width: int, scale: float):
 @pytest.fixture
 def kernels(monkeypatch) -> fused_flips.CompiledReduction:
     """The compiled reduction as in a new process, restored afterwards."""
-    fresh = fused_flips.CompiledReduction(linear_absorption._whole_flipped_likelihood)
-    monkeypatch.setattr(linear_absorption, "_compiled_likelihood", fresh)
+    fresh = fused_flips.CompiledReduction(linear_absorption._whole_flip_differences)
+    monkeypatch.setattr(linear_absorption, "_compiled_differences", fresh)
     return fresh
 
 
@@ -34,14 +34,14 @@ def kernels(monkeypatch) -> fused_flips.CompiledReduction:
     ids=["one-plate", "broadcast-plates-groups-of-2"],
 )
 def test_compiled_reduction_matches_eager(slices, batch, group, kernels):
-    """Same values as :func:`_flipped_likelihood`, with an event size that is no
+    """Same values as :func:`_flip_differences`, with an event size that is no
     multiple of the group and logits broadcast over a plate they lack; a shape compiles
     on its second call."""
     inputs = flipped_inputs(slices, batch, width=PIXELS + 3, scale=1.0)
     assert kernels(*inputs, group) is None
     compiled = kernels(*inputs, group)
     assert compiled is not None, "torch.compile failed on this machine"
-    eager = linear_absorption._flipped_likelihood(*inputs, group)
+    eager = linear_absorption._flip_differences(*inputs, group)
     assert compiled.shape == eager.shape == (5,) + slices
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
@@ -67,7 +67,7 @@ def test_shapes_beyond_the_kernel_limit_take_the_eager_reduction(kernels, monkey
 
 def test_compiled_likelihood_gives_the_same_gradients(kernels, monkeypatch):
     """``compile_likelihood`` on and off: same gradients for the same sample, and the
-    compiled kernel is what the second step's replay used."""
+    compiled kernel is what the second step used."""
     calls = []
 
     def spy(*args):
@@ -75,7 +75,7 @@ def test_compiled_likelihood_gives_the_same_gradients(kernels, monkeypatch):
         calls.append(result is not None)
         return result
 
-    monkeypatch.setattr(linear_absorption, "_compiled_likelihood", spy)
+    monkeypatch.setattr(linear_absorption, "_compiled_differences", spy)
     model, guide, params = vae(make_decoder("linear"))
     x = (torch.rand(5, PIXELS) > 0.5).float()
     grads = {}

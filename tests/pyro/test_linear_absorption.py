@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from torch import nn
 
 from pyro_go import TraceGO_ELBO
@@ -76,12 +77,13 @@ def vae(decoder: nn.Module):
     return model, guide, list(encoder.parameters()) + list(decoder.parameters())
 
 
-def assert_absorption_changes_nothing(model, guide, params, x, seed: int) -> None:
+def assert_absorption_changes_nothing(model, guide, params, x, seed: int, **options) -> None:
     """``absorb_linear`` on and off give the same gradients for the same sample."""
     grads = {}
     for absorb in (True, False):
         pyro.set_rng_seed(seed)
-        loss = TraceGO_ELBO(absorb_linear=absorb).differentiable_loss(model, guide, x)
+        elbo = TraceGO_ELBO(absorb_linear=absorb, **options)
+        loss = elbo.differentiable_loss(model, guide, x)
         grads[absorb] = torch.autograd.grad(loss, params)
     for on, off in zip(grads[True], grads[False], strict=True):
         torch.testing.assert_close(on, off, rtol=1e-4, atol=1e-5)
@@ -90,7 +92,29 @@ def assert_absorption_changes_nothing(model, guide, params, x, seed: int) -> Non
 @pytest.fixture
 def replayed(monkeypatch) -> None:
     """Replays even where the recorded linear outputs would give every changing term."""
-    monkeypatch.setattr(perturbation.PerturbationReplay, "_recorded_log_f", lambda self: None)
+    monkeypatch.setattr(perturbation.PerturbationReplay, "_recorded_plan", lambda self: None)
+
+
+@pytest.fixture
+def stacked(monkeypatch) -> None:
+    """Evaluates the recorded terms over the whole stack even where the closed form of
+    :mod:`pyro_go.infer.closed_form_deltas` applies."""
+    monkeypatch.setattr(perturbation, "closed_form_deltas", lambda *args: None)
+
+
+@pytest.fixture
+def closed_forms(monkeypatch) -> list[bool]:
+    """Whether each estimate's ``Δ`` came from :func:`closed_form_deltas`."""
+    served: list[bool] = []
+    original = perturbation.closed_form_deltas
+
+    def spy(*args):
+        deltas = original(*args)
+        served.append(deltas is not None)
+        return deltas
+
+    monkeypatch.setattr(perturbation, "closed_form_deltas", spy)
+    return served
 
 
 @pytest.mark.parametrize(
@@ -112,6 +136,47 @@ def test_replay_and_recorded_outputs_give_the_same_gradients(kind, hits, replaye
     x = (torch.rand(5, PIXELS) > 0.5).float()
     assert_absorption_changes_nothing(model, guide, params, x, seed=7)
     assert hits == [1]
+
+
+@pytest.mark.parametrize("kind", ["linear", "matmul"])
+def test_recorded_stack_gives_the_closed_form_gradients(kind, hits, stacked):
+    """The recorded terms evaluated over the whole stack, as where the closed form does
+    not apply: no replay, the same gradients."""
+    model, guide, params = vae(make_decoder(kind))
+    x = (torch.rand(5, PIXELS) > 0.5).float()
+    assert_absorption_changes_nothing(model, guide, params, x, seed=7)
+    assert hits == []
+
+
+@pytest.mark.parametrize(
+    "handler, closed",
+    [
+        ("none", True),
+        ("scale", True),
+        ("particles", True),
+        ("per-slice scale", False),
+        ("mask", False),
+    ],
+)
+def test_closed_form_deltas_give_the_dense_gradients(handler, closed, closed_forms):
+    """``Δ`` in closed form, scaled by a number or over vectorised particles, gives the
+    dense replay's gradients; a per-slice scale or a mask leaves the closed form for the
+    stack, which gives them too."""
+    model, guide, params = vae(make_decoder("linear"))
+    options = {}
+    if handler == "scale":
+        model, guide = poutine.scale(model, 2.5), poutine.scale(guide, 2.5)
+    elif handler == "per-slice scale":
+        scale = torch.arange(1.0, 6.0)
+        model, guide = poutine.scale(model, scale), poutine.scale(guide, scale)
+    elif handler == "mask":
+        mask = torch.tensor([True, False, True, True, False])
+        model, guide = poutine.mask(model, mask=mask), poutine.mask(guide, mask=mask)
+    elif handler == "particles":
+        options = {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 1}
+    x = (torch.rand(5, PIXELS) > 0.5).float()
+    assert_absorption_changes_nothing(model, guide, params, x, seed=7, **options)
+    assert closed_forms == [closed]
 
 
 def test_one_coordinate_structure_matches_the_stacked_values():
@@ -227,20 +292,25 @@ def test_one_hot_categorical_absorbs_two_columns(flatten, hits):
     assert hits == [1]
 
 
+@pytest.mark.parametrize("closed", [True, False], ids=["closed-form-deltas", "stack"])
 @pytest.mark.parametrize("kind", ["linear", "matmul"])
-def test_linear_consumer_takes_the_closed_form_likelihood(kind, monkeypatch):
-    used = []
-    original = linear_absorption.shifted_bernoulli_log_prob
+def test_linear_consumer_takes_the_closed_form_likelihood(kind, closed, monkeypatch):
+    """The flipped likelihood is the closed form's, with ``Δ`` in closed form or over
+    the recorded stack; the eager reduction serves the first step of a shape."""
+    reductions = []
+    original = linear_absorption._flip_differences
 
-    def spy(*args):
-        result = original(*args)
-        used.append(result is not None)
-        return result
+    def spy(*args, **kwargs):
+        reductions.append(args[4].shape)  # change: [entries, *slices]
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(perturbation, "shifted_bernoulli_log_prob", spy)
+    monkeypatch.setattr(linear_absorption, "_flip_differences", spy)
+    if not closed:
+        monkeypatch.setattr(perturbation, "closed_form_deltas", lambda *args: None)
     model, guide, _ = vae(make_decoder(kind))
     TraceGO_ELBO().differentiable_loss(model, guide, (torch.rand(5, PIXELS) > 0.5).float())
-    assert any(used)
+    # all LATENTS coordinates (plus the base entry on the stack) in one reduction
+    assert reductions == [(LATENTS if closed else LATENTS + 1, 5)]
 
 
 @pytest.mark.parametrize(
