@@ -41,8 +41,9 @@ def _warn(error: Exception) -> None:
 
 
 class CompiledReduction:
-    """``differences(h [S, P], value [S, P], chosen [n, P], tables [2n, P], change [n, S],
-    group) -> [n, S]`` compiled with static shapes on each shape's second call.
+    """``differences(h [S, P], value [S, P], chosen [n, P], change [n, S], group)``,
+    which gives ``[n, S]`` and the tables it used, compiled with static shapes (and
+    layout of ``chosen``) on each shape's second call.
 
     Calling it with ``h`` and ``value`` ``[*batch, P]`` and ``change`` ``[n, *slices]``
     (broadcasting) gives ``[n, *slices]``, or ``None`` where the caller should take the
@@ -70,7 +71,6 @@ class CompiledReduction:
         h: torch.Tensor,
         value: torch.Tensor,
         chosen: torch.Tensor,
-        tables: torch.Tensor,
         change: torch.Tensor,
         group: int,
     ) -> torch.Tensor | None:
@@ -78,19 +78,21 @@ class CompiledReduction:
             self.compiled = self._compile()
         if self.compiled is False:
             return None
-        slices = torch.broadcast_shapes(change.shape[1:], h.shape[:-1])
+        slices = change.shape[1:]
+        if slices != h.shape[:-1]:
+            slices = torch.broadcast_shapes(slices, h.shape[:-1])
         num, width = change.shape[0], h.shape[-1]
         flat_h = h.expand(slices + (width,)).reshape(-1, width)
         flat_value = value.expand(slices + (width,)).reshape(-1, width)
         flat_change = change.expand((num,) + slices).reshape(num, -1)
-        key = (flat_h.shape, tables.shape, num, group, tables.dtype, tables.device)
+        key = (flat_h.shape, chosen.shape, chosen.stride(), group, chosen.dtype, chosen.device)
         if key not in self.kernels:
             self.calls[key] = self.calls.get(key, 0) + 1
             if self.calls[key] < 2 or len(self.kernels) >= MAX_KERNELS:
                 return None
             self.kernels.add(key)
         try:
-            total = self.compiled(flat_h, flat_value, chosen, tables, flat_change, group)
+            total, _ = self.compiled(flat_h, flat_value, chosen, flat_change, group)
         except Exception as error:  # a shape compiles on its first call here
             self.compiled = False
             _warn(error)

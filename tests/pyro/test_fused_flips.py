@@ -9,15 +9,15 @@ from pyro_go import TraceGO_ELBO
 from pyro_go.infer import fused_flips, linear_absorption
 
 
-def flipped_inputs(slices: tuple, batch: tuple, width: int, scale: float):
-    """Logits and data ``[*batch, width]``, the columns of 5 entries, their tables and
-    their changes ``[5, *slices]``."""
+def flipped_inputs(slices: tuple, batch: tuple, width: int, scale: float, transposed=False):
+    """Logits and data ``[*batch, width]``, the columns of 5 entries (a transposed
+    matrix's if ``transposed``) and their changes ``[5, *slices]``."""
     torch.manual_seed(0)
     h = 3.0 * torch.randn(batch + (width,))
     value = (torch.rand(batch + (width,)) < 0.5).float()
-    chosen = scale * torch.randn(5, width)
+    chosen = scale * torch.randn(width, 5).t() if transposed else scale * torch.randn(5, width)
     change = torch.randint(-1, 2, (5,) + slices).float()
-    return h, value, chosen, linear_absorption._flip_tables(chosen), change
+    return h, value, chosen, change
 
 
 @pytest.fixture
@@ -29,19 +29,20 @@ def kernels(monkeypatch) -> fused_flips.CompiledReduction:
 
 
 @pytest.mark.parametrize(
-    "slices, batch, group",
-    [((7,), (7,), 8), ((3, 4), (4,), 2)],
-    ids=["one-plate", "broadcast-plates-groups-of-2"],
+    "slices, batch, group, transposed",
+    [((7,), (7,), 8, False), ((3, 4), (4,), 2, False), ((7,), (7,), 8, True)],
+    ids=["one-plate", "broadcast-plates-groups-of-2", "transposed-weight"],
 )
-def test_compiled_reduction_matches_eager(slices, batch, group, kernels):
+def test_compiled_reduction_matches_eager(slices, batch, group, transposed, kernels):
     """Same values as :func:`_flip_differences`, with an event size that is no
-    multiple of the group and logits broadcast over a plate they lack; a shape compiles
-    on its second call."""
-    inputs = flipped_inputs(slices, batch, width=PIXELS + 3, scale=1.0)
-    assert kernels(*inputs, group) is None
-    compiled = kernels(*inputs, group)
+    multiple of the group, logits broadcast over a plate they lack, and columns read
+    from a transposed weight; a shape compiles on its second call."""
+    h, value, chosen, change = flipped_inputs(slices, batch, PIXELS + 3, 1.0, transposed)
+    assert kernels(h, value, chosen, change, group) is None
+    compiled = kernels(h, value, chosen, change, group)
     assert compiled is not None, "torch.compile failed on this machine"
-    eager = linear_absorption._flip_differences(*inputs, group)
+    tables = linear_absorption._flip_tables(chosen)
+    eager = linear_absorption._flip_differences(h, value, chosen, tables, change, group)
     assert compiled.shape == eager.shape == (5,) + slices
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
