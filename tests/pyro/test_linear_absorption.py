@@ -156,15 +156,21 @@ def test_recorded_stack_gives_the_closed_form_gradients(kind, hits, stacked):
         ("particles", True),
         ("per-slice scale", False),
         ("mask", False),
+        ("weights beyond exp", False),
     ],
 )
 def test_closed_form_deltas_give_the_dense_gradients(handler, closed, closed_forms):
     """``Δ`` in closed form, scaled by a number or over vectorised particles, gives the
-    dense replay's gradients; a per-slice scale or a mask leaves the closed form for the
-    stack, which gives them too."""
-    model, guide, params = vae(make_decoder("linear"))
+    dense replay's gradients; a per-slice scale, a mask or weights whose ``e^W``
+    overflows leave the closed form (for the stack or the dense replay), which gives
+    them too."""
+    decoder = make_decoder("linear")
+    model, guide, params = vae(decoder)
     options = {}
-    if handler == "scale":
+    if handler == "weights beyond exp":
+        with torch.no_grad():
+            decoder.weight.mul_(300.0)
+    elif handler == "scale":
         model, guide = poutine.scale(model, 2.5), poutine.scale(guide, 2.5)
     elif handler == "per-slice scale":
         scale = torch.arange(1.0, 6.0)
