@@ -105,7 +105,7 @@ class RecordedRun:
     model applied to it)."""
 
     model_trace: Trace
-    tracked: dict[str, torch.Tensor]
+    tracked: dict[str, RecordingTensor]
 
     def term(self, node: dict, site: str, binary: bool) -> tuple[str, LinearOutput | None] | None:
         """How model term ``node``, which depends on leaf site ``site`` alone, changes
@@ -123,7 +123,7 @@ class RecordedRun:
             if site in provenance_of(node["value"]) or "logits" not in vars(base_fn):
                 return None
             logits = strip(base_fn.logits)
-            for output in getattr(self.tracked[site], "linear_outputs", ()):
+            for output in self.tracked[site].linear_outputs:
                 if output.is_unchanged(logits):
                     return "logits", output
             return None

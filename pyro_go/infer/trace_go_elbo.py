@@ -202,7 +202,8 @@ class TraceGO_ELBO(ELBO):
         discrete = self._discrete_sites(guide_trace, tracked)
         internal = self._internal_sites(guide_trace, discrete)
         particle = _Particle(model, model_trace, guide_trace, raw_guide_trace, args, kwargs)
-        particle.recorded = RecordedRun(model_trace, tracked)
+        if record_linear:
+            particle.recorded = RecordedRun(model_trace, tracked)
         particle.discrete = discrete
         particle.internal = internal
         particle.leaves = {n: rule for n, rule in discrete.items() if n not in internal}
