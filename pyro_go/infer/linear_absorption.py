@@ -113,9 +113,13 @@ class ShiftedOutput:
 
 #: most factors multiplied before one ``log`` in :func:`shifted_bernoulli_log_prob`
 PRODUCT_GROUP = 8
-#: a product of ``g`` factors, each in ``[e^{−|W|}, e^{|W|}]``, is taken only while
-#: ``g·max|W| <`` this (``e^{±80}`` fits float32)
+#: a product of factors, each between 1 and ``e^{±W_p}``, is taken only while
+#: ``Σ_p |W_p| <`` this (``e^{±80}`` fits float32): :func:`product_group` bounds the sum
+#: by ``g·max|W|``, :func:`aligned_row_width` takes it row by row
 PRODUCT_LOG_BOUND = 80.0
+#: floats per SIMD vector (AVX-512) that :func:`aligned_row_width` sizes the compiled
+#: reduction's rows for; a multiple of AVX2's 8, so rows fit that too
+VECTOR_WIDTH = 16
 #: elements of ``[entries, *batch, P]`` per block of :func:`_flipped_log_factors`
 #: (measured fastest on a 2 MB-L2 core: 2^17 and 2^19 were 10-20% slower)
 BLOCK_ELEMENTS = 2**18
@@ -222,41 +226,79 @@ def _flip_differences(
     chosen: torch.Tensor,
     tables: torch.Tensor,
     change: torch.Tensor,
-    group: int,
+    grouping: int,
     log_factors: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``Σ_p [log p(x_p | h_p + change·W[p, i_j]) − log p(x_p | h_p)]`` ``[n, *slices]``
     for logits ``h`` and data ``value`` ``[*batch, P]``, the columns
     ``chosen = W[:, i_j]ᵀ`` ``[n, P]``, their :func:`_flip_tables` and ``change``
     ``[n, *slices]`` (entries with change 0 get a meaningless value): ``change·x·W[:, i_j]``
-    minus the flipped log-factors, which ``log_factors`` (by default
-    :func:`_flipped_log_factors`, in cache-sized blocks) sums."""
-    log_factor = (log_factors or _flipped_log_factors)(torch.sigmoid(h), tables, change, group)
+    minus the flipped log-factors, which ``log_factors`` sums: by default
+    :func:`_flipped_log_factors`, in cache-sized blocks with products of ``grouping``
+    factors; :func:`_whole_log_factors` in rows of ``grouping``."""
+    log_factor = (log_factors or _flipped_log_factors)(torch.sigmoid(h), tables, change, grouping)
     # Σ_p x_p · W[p, i_j] for every entry, as one product
     x_dot = torch.matmul(value, chosen.t()).movedim(-1, 0)
     x_dot = x_dot.reshape(x_dot.shape[:1] + (1,) * (change.dim() - x_dot.dim()) + x_dot.shape[1:])
     return change * x_dot - log_factor
 
 
+def aligned_row_width(chosen: torch.Tensor) -> int | None:
+    """The row width ``w`` of :func:`_whole_log_factors` for the columns ``chosen``
+    ``[n, P]``: the smallest of ``VECTOR_WIDTH·2^m`` for which every product it forms
+    stays within ``e^{±PRODUCT_LOG_BOUND}``, or ``None`` where not even rows of ``w ≥ P``
+    (one factor per ``log``) keep it.
+
+    A factor ``1 + s·(e^{±W[p, i]} − 1)`` lies between 1 and ``e^{±W[p, i]}``, so the
+    product down the rows at position ``q`` is bounded by
+    ``|log Π_j factor_{j·w+q}| ≤ Σ_j |W[j·w+q, i]|``, which this checks for every column
+    and position: tighter than ``(factors per log)·max|W|``, so that, for the discrete
+    VAE, rows of 16 (49 factors per ``log``) hold through training (the bound grew to 27
+    in 20 000 steps)."""
+    pixels = chosen.shape[-1]
+    magnitude = chosen.t().abs()  # [P, n]: a transposed weight is read in memory order
+    width = VECTOR_WIDTH
+    while True:
+        rows = -(-pixels // width)
+        whole = (rows - 1) * width
+        sums = magnitude[:whole].reshape(rows - 1, width, magnitude.shape[1]).sum(0)
+        sums[: pixels - whole] += magnitude[whole:]
+        if float(sums.max()) < PRODUCT_LOG_BOUND:
+            return width
+        if rows == 1:
+            return None
+        width *= 2
+
+
 def _whole_log_factors(
-    sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, group: int
+    sigmoid: torch.Tensor, tables: torch.Tensor, change: torch.Tensor, width: int
 ) -> torch.Tensor:
-    """:func:`_flipped_log_factors` in one expression, without blocks or ``out=``
-    buffers, for :func:`_whole_flip_differences`."""
-    return _log_product(1 + sigmoid * tables[_table_rows(change)], group)
+    """:func:`_flipped_log_factors` in one expression for :func:`_whole_flip_differences`:
+    each entry's ``P`` factors, padded with ones (``s = t = 0``) to ``g·width``, are taken
+    as ``g`` rows of ``width`` and multiplied down the rows, one ``log`` per position
+    (:func:`aligned_row_width`).  Rows a whole number of vectors wide leave the compiled
+    loop no ragged tail: at the VAE's ``P = 784`` rows of 16 took 0.47 ms where
+    :func:`_log_product`'s products of 8 (rows of 98) took 0.86 ms."""
+    pixels = sigmoid.shape[-1]
+    rows = -(-pixels // width)
+    if rows * width > pixels:
+        sigmoid = F.pad(sigmoid, (0, rows * width - pixels))
+        tables = F.pad(tables, (0, rows * width - pixels))
+    factor = 1 + sigmoid * tables[_table_rows(change)]
+    return factor.view(factor.shape[:-1] + (rows, width)).prod(-2).log().sum(-1)
 
 
-def _whole_flip_differences(h, value, chosen, change, group) -> tuple[torch.Tensor, torch.Tensor]:
+def _whole_flip_differences(h, value, chosen, change, width) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_flip_differences` for ``h``, ``value`` ``[S, P]`` and ``change``
-    ``[n, S]``, with the tables, in one expression: what :data:`_compiled_differences`
-    compiles into one graph whose reduction never forms the ``[n, S, P]`` factors.  The
-    tables are returned too, which makes the compiled graph store them once instead of
-    recomputing an ``exp`` for every factor it reads; the graph computes them in any
-    layout of ``chosen`` (a transposed weight: strided eager ``exp`` was three times
-    slower)."""
+    ``[n, S]``, with the tables, in one expression (rows of ``width``,
+    :func:`_whole_log_factors`): what :data:`_compiled_differences` compiles into one
+    graph whose reduction never forms the ``[n, S, P]`` factors.  The tables are
+    returned too, which makes the compiled graph store them once instead of recomputing
+    an ``exp`` for every factor it reads; the graph computes them in any layout of
+    ``chosen`` (a transposed weight: strided eager ``exp`` was three times slower)."""
     exp = torch.exp(chosen)
     tables = torch.cat([exp - 1, 1 / exp - 1])
-    differences = _flip_differences(h, value, chosen, tables, change, group, _whole_log_factors)
+    differences = _flip_differences(h, value, chosen, tables, change, width, _whole_log_factors)
     return differences, tables
 
 
@@ -374,19 +416,21 @@ def bernoulli_flip_differences(
     fewer as ``max|W|`` grows, so that no product leaves ``e^{±80}``:
     :func:`product_group`), in cache-sized blocks (:func:`_flipped_log_factors`), so
     that no ``[n, *batch, P]`` tensor is ever formed.  ``compiled=True`` takes the sum
-    through one ``torch.compile`` kernel per shape (:mod:`pyro_go.infer.fused_flips`).
+    through one ``torch.compile`` kernel per shape (:mod:`pyro_go.infer.fused_flips`),
+    with products down rows a whole number of SIMD vectors wide
+    (:func:`aligned_row_width`).
     The likelihood half of appendix I's trick (eqs. 34–36); more accurate than
     differencing two full likelihoods."""
+    if compiled:
+        width = aligned_row_width(chosen)
+        if width is not None:
+            differences = _compiled_differences(h, value, chosen, change, width)
+            if differences is not None:
+                return differences
     largest = _largest_magnitude(chosen)
     if largest is None:
         return None
-    group = product_group(largest)
-    differences = None
-    if compiled:
-        differences = _compiled_differences(h, value, chosen, change, group)
-    if differences is None:
-        differences = _flip_differences(h, value, chosen, _flip_tables(chosen), change, group)
-    return differences
+    return _flip_differences(h, value, chosen, _flip_tables(chosen), change, product_group(largest))
 
 
 _MATMULS = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
