@@ -9,7 +9,7 @@ one CPU core at batch 24, 6.3 → 2.5 ms at batch 100, the reduction alone), and
 products run down rows a whole number of SIMD vectors wide, which leaves the loop no
 ragged tail and takes one ``log`` per 49 factors at ``P = 784``
 (:func:`~pyro_go.infer.linear_absorption.aligned_row_width`; with the tables and
-``x·W``: 0.93–1.0 → 0.56–0.59 ms on another core).  ``x·W[:, i_j]`` and the difference
+``x·W``: 0.91–0.95 → 0.56 ms on an AMD EPYC core).  ``x·W[:, i_j]`` and the difference
 around the reduction go into the same graph.
 
 Compiling costs a few seconds on the first call of a process (a C++ compiler is
