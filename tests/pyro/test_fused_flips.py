@@ -9,13 +9,13 @@ from pyro_go import TraceGO_ELBO
 from pyro_go.infer import fused_flips, linear_absorption
 
 
-def flipped_inputs(slices: tuple, batch: tuple, width: int, scale: float, transposed=False):
-    """Logits and data ``[*batch, width]``, the columns of 5 entries (a transposed
+def flipped_inputs(slices: tuple, batch: tuple, pixels: int, scale: float, transposed=False):
+    """Logits and data ``[*batch, pixels]``, the columns of 5 entries (a transposed
     matrix's if ``transposed``) and their changes ``[5, *slices]``."""
     torch.manual_seed(0)
-    h = 3.0 * torch.randn(batch + (width,))
-    value = (torch.rand(batch + (width,)) < 0.5).float()
-    chosen = scale * torch.randn(width, 5).t() if transposed else scale * torch.randn(5, width)
+    h = 3.0 * torch.randn(batch + (pixels,))
+    value = (torch.rand(batch + (pixels,)) < 0.5).float()
+    chosen = scale * torch.randn(pixels, 5).t() if transposed else scale * torch.randn(5, pixels)
     change = torch.randint(-1, 2, (5,) + slices).float()
     return h, value, chosen, change
 
@@ -72,19 +72,19 @@ def test_the_row_width_reaches_the_compiled_graph():
     ids=["rows-of-16", "rows-of-32", "rows-of-64", "one-row", "beyond-the-bound"],
 )
 def test_row_width_keeps_every_product_in_range(weight, width):
-    """Rows of 16, 32, 64 factors or one row (``P = 128``) as the weights' sums down
-    the rows reach ``PRODUCT_LOG_BOUND``; the products of rows one step narrower leave
-    float32's range, which the width chosen avoids."""
+    """Rows 16, 32 or 64 wide, or one row (``P = 128``), as the weights' sums down the
+    rows reach ``PRODUCT_LOG_BOUND``, and no width beyond it; the products of rows one
+    step narrower leave float32's range, which the width chosen avoids."""
     torch.manual_seed(0)
     pixels = 128
     chosen = torch.full((3, pixels), weight)
     sigmoid = 0.9 + 0.1 * torch.rand(4, pixels)  # factors near e^W
     change = torch.ones(3, 4)
     assert linear_absorption.aligned_row_width(chosen) == width
-    tables = linear_absorption._flip_tables(chosen.double())
-    exact = linear_absorption._whole_log_factors(sigmoid.double(), tables, change, pixels)
     if width is None:
         return
+    exact_tables = linear_absorption._flip_tables(chosen.double())
+    exact = linear_absorption._whole_log_factors(sigmoid.double(), exact_tables, change, pixels)
     tables = linear_absorption._flip_tables(chosen)
     rows = linear_absorption._whole_log_factors(sigmoid, tables, change, width)
     torch.testing.assert_close(rows.double(), exact, rtol=1e-5, atol=0)
@@ -98,7 +98,7 @@ def test_failed_compile_warns_and_leaves_the_eager_reduction(kernels, monkeypatc
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(torch, "compile", no_compiler)
-    inputs = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
+    inputs = flipped_inputs((6,), (6,), pixels=PIXELS, scale=1.0)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         assert kernels(*inputs, 16) is None
     assert kernels.compiled is False
@@ -106,7 +106,7 @@ def test_failed_compile_warns_and_leaves_the_eager_reduction(kernels, monkeypatc
 
 def test_shapes_beyond_the_kernel_limit_take_the_eager_reduction(kernels, monkeypatch):
     monkeypatch.setattr(fused_flips, "MAX_KERNELS", 0)
-    inputs = flipped_inputs((6,), (6,), width=PIXELS, scale=1.0)
+    inputs = flipped_inputs((6,), (6,), pixels=PIXELS, scale=1.0)
     for _ in range(3):
         assert kernels(*inputs, 16) is None
     assert not kernels.kernels
