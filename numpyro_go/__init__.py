@@ -6,6 +6,7 @@ low-variance gradients through discrete and non-reparameterisable latent variabl
 estimators (Grathwohl et al., ICLR 2018; Tucker et al., NeurIPS 2017) for comparison.
 """
 
+from numpyro_go._version import __version__
 from numpyro_go.distributions import get_go_rule, go_surrogate, register_go_rule
 from numpyro_go.infer import (
     REBAR,
@@ -15,8 +16,6 @@ from numpyro_go.infer import (
     TraceGO_ELBO,
     TraceRELAX_ELBO,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "REBAR",

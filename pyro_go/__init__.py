@@ -5,10 +5,9 @@ low-variance gradients through discrete and non-reparameterisable latent variabl
 :class:`TraceRELAX_ELBO` offers RELAX / REBAR (Grathwohl et al. 2018) beside it.
 """
 
+from pyro_go._version import __version__
 from pyro_go.distributions import get_go_rule, go_surrogate, register_go_rule
 from pyro_go.infer import REBAR, RELAX, Baseline, ControlVariate, TraceGO_ELBO, TraceRELAX_ELBO
-
-__version__ = "0.1.0"
 
 __all__ = [
     "REBAR",
