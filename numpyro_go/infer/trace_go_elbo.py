@@ -77,11 +77,12 @@ class TraceGO_ELBO(ELBO):
 
     **References**
 
-    [1] Yulai Cong, Miaoyun Zhao, Ke Bai, Lawrence Carin (2019). *GO Gradient for
-        Expectation-Based Objectives.* ICLR 2019.
+    [1] Yulai Cong, Miaoyun Zhao, Ke Bai, Lawrence Carin (2019).
+        *GO Gradient for Expectation-Based Objectives.* ICLR 2019.
 
-    [2] Geoffrey Roeder, Yuhuai Wu, David Duvenaud (2017). *Sticking the Landing:
-        Simple, Lower-Variance Gradient Estimators for Variational Inference.* NeurIPS.
+    [2] Geoffrey Roeder, Yuhuai Wu, David Duvenaud (2017).
+        *Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
+        Variational Inference.* NeurIPS.
     """
 
     can_infer_discrete = True

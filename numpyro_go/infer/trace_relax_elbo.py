@@ -301,8 +301,9 @@ class TraceRELAX_ELBO(ELBO):
         Sohl-Dickstein (2017). *REBAR: Low-Variance, Unbiased Gradient Estimates for
         Discrete Latent Variable Models.* NeurIPS 2017.
 
-    [3] Geoffrey Roeder, Yuhuai Wu, David Duvenaud (2017). *Sticking the Landing:
-        Simple, Lower-Variance Gradient Estimators for Variational Inference.* NeurIPS.
+    [3] Geoffrey Roeder, Yuhuai Wu, David Duvenaud (2017).
+        *Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
+        Variational Inference.* NeurIPS.
     """
 
     can_infer_discrete = True

@@ -104,8 +104,9 @@ class TraceRELAX_ELBO(ELBO):
         Sohl-Dickstein (2017). *REBAR: Low-variance, unbiased gradient estimates for
         discrete latent variable models.* NeurIPS.
 
-    [3] Geoffrey Roeder, Yuhuai Wu, David Duvenaud (2017). *Sticking the Landing:
-        Simple, Lower-Variance Gradient Estimators for Variational Inference.* NeurIPS.
+    [3] Geoffrey Roeder, Yuhuai Wu, David Duvenaud (2017).
+        *Sticking the Landing: Simple, Lower-Variance Gradient Estimators for
+        Variational Inference.* NeurIPS.
     """
 
     def __init__(
