@@ -110,3 +110,18 @@ def test_built_pages_render_in_chromium(tmp_path):
         assert image.shape[:2] == (1600, 1280)
         # a rendered page: the theme's sidebar and text, not a blank or error page
         assert np.unique(image.reshape(-1, image.shape[-1]), axis=0).shape[0] > 50
+
+
+def test_package_and_docs_cite_nothing_outside_the_repository():
+    # the design notes and papers the project was built from are not shipped
+    roots = ["pyro_go", "numpyro_go", "docs", "tutorials", "README.md"]
+    files = [ROOT / "README.md"] + [
+        p
+        for root in roots[:-1]
+        for p in (ROOT / root).rglob("*")
+        if p.suffix in (".py", ".md", ".rst", ".ipynb") and "_build" not in p.parts
+    ]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        for needle in ("DESIGN.md", "/work/shared", "seeds/"):
+            assert needle not in text, f"{path.relative_to(ROOT)} cites {needle}"

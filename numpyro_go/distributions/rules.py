@@ -180,7 +180,7 @@ def _broadcast_leaves(fn, shape):
 class GenericCountRule(VariableNablaRule):
     """Any distribution on ``{0, 1, 2, ...}`` with a differentiable ``log_prob``
     (``ZeroInflatedPoisson``, ``ZeroInflatedNegativeBinomial2``, ``BetaBinomial``, user
-    classes): ``g_η(y) = −Σ_{k≤y} [q(k)/q(y)] ∂_η log q(k)`` (DESIGN.md §2), elementwise
+    classes): ``g_η(y) = −Σ_{k≤y} [q(k)/q(y)] ∂_η log q(k)``, elementwise
     for every floating-point leaf of the distribution's pytree, and the surrogate
     ``Σ_leaves stop(g · Δ) · leaf``.  Costs one ``log_prob`` and its gradient per
     ``k ≤ max(y)``."""

@@ -53,7 +53,7 @@ def negative_binomial_total_count_nabla(
 ) -> jax.Array:
     """Variable-nabla of ``NegativeBinomial(r, p)`` (mean ``r p/(1−p)``) in ``r``:
     ``g_r(y) = −Σ_{k≤y} [q(k)/q(y)] (ψ(k+r) − ψ(r) + log(1−p))`` (Cong et al. 2019,
-    appendix A, Table 3; DESIGN.md §2)."""
+    appendix A, Table 3)."""
     value, r, p = jnp.broadcast_arrays(*(lax.stop_gradient(x) for x in (value, total_count, probs)))
     value = value.astype(r.dtype)
 

@@ -219,7 +219,7 @@ class GenericCountRule(VariableNablaRule):
     """Any distribution on ``{0, 1, 2, ...}`` with a differentiable ``log_prob``
     (ZeroInflatedPoisson, ZeroInflatedNegativeBinomial, BetaBinomial, user classes).
 
-    Uses ``∂_η Q(y) = Σ_{k≤y} q(k) ∂_η log q(k)`` (DESIGN.md §2): the surrogate
+    Uses ``∂_η Q(y) = Σ_{k≤y} q(k) ∂_η log q(k)`` (differentiate ``Σ_{k≤y} q(k)``): the surrogate
     ``S = Σ_{k≤y} stop(q(k)/q(y)) log q_η(k)`` has ``∇S = ∇Q(y)/q(y) = −g(y)``, so the GO
     term is ``−stop(Δ) · S``.  Costs one ``log_prob`` on a grid ``0..max(y)``.
     """

@@ -4,7 +4,7 @@ For a discrete guide site ``s`` the GO estimator needs, for every element ``v`` 
 alternative value ``a``, ``Δ_{a,v} = f(y with y_v := a) − f(y)`` where
 ``f = log p(x, z) − log q(z)`` (Cong et al. 2019, eq. 9; appendix I, eqs. 34–36).
 
-Two facts make this cheap (DESIGN.md §3):
+Two facts make this cheap (see the design page, ``docs/design.md``):
 
 * **Plates.**  A plate declares conditional independence, so changing element ``v`` in
   *every* slice of the plates of ``s`` at once and summing ``f``'s terms down to those

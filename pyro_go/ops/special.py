@@ -39,7 +39,7 @@ def negative_binomial_total_count_nabla(
 ) -> torch.Tensor:
     """Variable-nabla of ``NegativeBinomial(r, p)`` (torch's parameterisation) in ``r``.
 
-    ``g_r(y) = -Σ_{k≤y} [q(k)/q(y)] (ψ(k+r) − ψ(r) + log(1−p))`` (DESIGN.md §2).
+    ``g_r(y) = -Σ_{k≤y} [q(k)/q(y)] (ψ(k+r) − ψ(r) + log(1−p))`` (Cong et al. 2019, appendix A).
     The sum runs in float64 whatever the input dtype, which keeps six significant
     digits for ``r`` from 1e-2 to 1e3 and counts up to 1e4.
     """
