@@ -66,10 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=7200, help="seconds per cell")
     args = parser.parse_args(argv)
     paths = sorted(TUTORIALS.glob("*.ipynb"))
-    if args.names:
-        paths = [
-            p for p in paths if any(p.stem.startswith(n.removesuffix(".ipynb")) for n in args.names)
-        ]
+    if args.names:  # in the order given
+        prefixes = [name.removesuffix(".ipynb") for name in args.names]
+        paths = [p for prefix in prefixes for p in paths if p.stem.startswith(prefix)]
     os.environ.pop("PYRO_GO_SMOKE", None)
     # the checkout's packages, installed or not
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
