@@ -38,7 +38,6 @@ nb_merge_streams = True
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "description"
-autodoc_class_signature = "separated"
 
 html_theme = "sphinx_rtd_theme"
 html_title = f"pyro-go {release}"
