@@ -125,3 +125,26 @@ def test_package_and_docs_cite_nothing_outside_the_repository():
         text = path.read_text(encoding="utf-8")
         for needle in ("DESIGN.md", "/work/shared", "seeds/"):
             assert needle not in text, f"{path.relative_to(ROOT)} cites {needle}"
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), re.DOTALL)
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_quick_start_examples_run(backend):
+    """The quick start's two complete examples run (with fewer steps)."""
+    if backend == "numpyro":
+        pytest.importorskip("numpyro")
+    blocks = _python_blocks(ROOT / "docs" / "quickstart.md")
+    (code,) = [b for b in blocks if f"from {backend}_go import TraceGO_ELBO" in b]
+    assert "1000" in code
+    exec(compile(code.replace("1000", "20"), f"quickstart[{backend}]", "exec"), {})
+
+
+def test_go_surrogate_example_runs():
+    blocks = _python_blocks(ROOT / "docs" / "quickstart.md")
+    (code,) = [b for b in blocks if "go_surrogate(dist.Poisson" in b]
+    namespace = {}
+    exec(compile(code, "quickstart[go_surrogate]", "exec"), namespace)
+    assert namespace["logits"].grad is not None
