@@ -55,9 +55,21 @@ def run(path: Path, kernel: str, timeout: int) -> float:
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
-    notebook.metadata.pop("widgets", None)  # progress bars: state the docs cannot show
+    strip_widgets(notebook)
     nbformat.write(notebook, path)
     return seconds
+
+
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def strip_widgets(notebook) -> None:
+    """Drops progress-bar widgets: without their state (which the docs cannot show) they
+    would render as the text of their first frame, ``0%``."""
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [out for out in cell.outputs if WIDGET not in out.get("data", {})]
 
 
 def main(argv: list[str] | None = None) -> int:
