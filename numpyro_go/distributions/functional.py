@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.lax import stop_gradient
 
 from numpyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
+from numpyro_go.ops.special import naming_count_site
 
 
 def go_surrogate(
@@ -78,5 +79,6 @@ def go_surrogate(
     else:
         f_stack = jax.lax.map(f_at, entries, batch_size=chunk_size)
     f_stack = stop_gradient(f_stack).reshape((-1,) + (1,) * value.ndim)
-    term = rule.surrogate(layout.base_fn, value, layout.delta(f_stack))
+    with naming_count_site("go_surrogate"):
+        term = rule.surrogate(layout.base_fn, value, layout.delta(f_stack))
     return f(value) + term - stop_gradient(term)

@@ -28,7 +28,7 @@ import numpy as np
 from jax.lax import stop_gradient as _stop
 from numpyro.distributions import constraints
 
-from numpyro_go.ops.special import head_sum, negative_binomial_total_count_nabla
+from numpyro_go.ops.special import negative_binomial_total_count_nabla, windowed_count_sum
 
 
 class GORule:
@@ -160,7 +160,9 @@ class GammaPoissonRule(VariableNablaRule):
         alpha, beta = _stop(fn.concentration), _stop(fn.rate)
         probs = 1 / (1 + beta)
         return {
-            "concentration": negative_binomial_total_count_nabla(value, alpha, probs),
+            "concentration": negative_binomial_total_count_nabla(
+                value, alpha, probs, complement=beta / (1 + beta)
+            ),
             "rate": -(value + alpha) / (beta * (1 + beta)),
         }
 
@@ -180,10 +182,11 @@ def _broadcast_leaves(fn, shape):
 class GenericCountRule(VariableNablaRule):
     """Any distribution on ``{0, 1, 2, ...}`` with a differentiable ``log_prob``
     (``ZeroInflatedPoisson``, ``ZeroInflatedNegativeBinomial2``, ``BetaBinomial``, user
-    classes): ``g_η(y) = −Σ_{k≤y} [q(k)/q(y)] ∂_η log q(k)``, elementwise
-    for every floating-point leaf of the distribution's pytree, and the surrogate
-    ``Σ_leaves stop(g · Δ) · leaf``.  Costs one ``log_prob`` and its gradient per
-    ``k ≤ max(y)``."""
+    classes): ``g_η(y) = −Σ_{k≤y} [q(k)/q(y)] ∂_η log q(k) = Σ_{k>y} [q(k)/q(y)] ∂_η log q(k)``
+    (Cong et al. 2019, appendix A.2), elementwise for every floating-point leaf of the
+    distribution's pytree, and the surrogate ``Σ_leaves stop(g · Δ) · leaf``.
+    :func:`~numpyro_go.ops.special.windowed_count_sum` takes, per element, the side that
+    ends first; each step costs one ``log_prob`` and its gradient on the batch."""
 
     def _nablas(self, fn, value):
         leaves, floating, treedef = _broadcast_leaves(fn, jnp.shape(value))
@@ -200,7 +203,8 @@ class GenericCountRule(VariableNablaRule):
         def score(k):
             return jax.grad(lambda chosen: jnp.sum(rebuild(chosen).log_prob(k)))(fixed)
 
-        head = head_sum(log_q, score, value)
+        upper = getattr(fn.support, "upper_bound", None)
+        head = windowed_count_sum(log_q, score, value, upper)
         nablas = [None if h is None else -h for h in head]
         return nablas, floating
 

@@ -24,6 +24,7 @@ from numpyro_go.infer.trace_utils import (
     replayed_model_trace,
     sample_sites,
 )
+from numpyro_go.ops.special import naming_count_site
 
 
 class TraceGO_ELBO(ELBO):
@@ -265,7 +266,8 @@ class TraceGO_ELBO(ELBO):
             layout = LeafLayout(name, rule, site["fn"], site["value"], site["scale"], kept)
             self.last_num_evaluations += 1 + layout.num_entries
             delta = replay_.delta(layout, dependents)
-            total = total + rule.surrogate(layout.base_fn, site["value"], delta)
+            with naming_count_site(f"TraceGO_ELBO: guide site '{name}'"):
+                total = total + rule.surrogate(layout.base_fn, site["value"], delta)
         return total
 
     @staticmethod

@@ -15,6 +15,7 @@ import torch
 from torch.distributions import Distribution
 
 from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
+from pyro_go.ops.special import naming_count_site
 
 
 def _evaluate_stack(f: Callable, stack: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
@@ -78,5 +79,6 @@ def go_surrogate(
     batch_dim = len(fn.batch_shape)
     values = values.reshape(values.shape + (1,) * batch_dim)
     delta = site.delta(values[1:], values[:1])
-    term = rule.surrogate(site.base_fn, value, delta).sum()
+    with naming_count_site("go_surrogate"):
+        term = rule.surrogate(site.base_fn, value, delta).sum()
     return f(value.unsqueeze(0))[0] + (term - term.detach())

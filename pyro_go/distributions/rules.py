@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import constraints
 
-from pyro_go.ops.special import count_grid, head_weights, negative_binomial_total_count_nabla
+from pyro_go.ops.special import negative_binomial_total_count_nabla, windowed_count_sum
 
 
 def _stop(x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +210,9 @@ class GammaPoissonRule(VariableNablaRule):
         beta = _stop(fn.rate)
         probs = 1 / (1 + beta)
         return {
-            "concentration": negative_binomial_total_count_nabla(value, alpha, probs),
+            "concentration": negative_binomial_total_count_nabla(
+                value, alpha, probs, complement=beta / (1 + beta)
+            ),
             "rate": -(value + alpha) / (beta * (1 + beta)),
         }
 
@@ -219,17 +221,17 @@ class GenericCountRule(VariableNablaRule):
     """Any distribution on ``{0, 1, 2, ...}`` with a differentiable ``log_prob``
     (ZeroInflatedPoisson, ZeroInflatedNegativeBinomial, BetaBinomial, user classes).
 
-    Uses ``∂_η Q(y) = Σ_{k≤y} q(k) ∂_η log q(k)`` (differentiate ``Σ_{k≤y} q(k)``): the surrogate
-    ``S = Σ_{k≤y} stop(q(k)/q(y)) log q_η(k)`` has ``∇S = ∇Q(y)/q(y) = −g(y)``, so the GO
-    term is ``−stop(Δ) · S``.  Costs one ``log_prob`` on a grid ``0..max(y)``.
+    Uses ``∂_η Q(y) = Σ_{k≤y} q(k) ∂_η log q(k) = −Σ_{k>y} q(k) ∂_η log q(k)`` (Cong et
+    al. 2019, appendix A.2): the surrogate ``S = Σ_{k≤y} stop(q(k)/q(y)) log q_η(k)``
+    (or minus the tail's) has ``∇S = ∇Q(y)/q(y) = −g(y)``, so the GO term is
+    ``−stop(Δ) · S``.  :func:`~pyro_go.ops.special.windowed_count_sum` takes, per element,
+    the side that ends first, in windows of fixed size; an element that needs more than
+    :data:`~pyro_go.ops.special.COUNT_SUM_CAP` terms on both sides raises
+    :class:`~pyro_go.ops.special.CountSumOutOfReach`.
     """
 
     def _head_sum(self, fn, value):
-        grid = count_grid(value)
-        k = torch.minimum(grid, value)  # stay inside each element's support
-        log_q = fn.log_prob(k)
-        weights = head_weights(_stop(log_q), value)
-        return (weights * log_q).sum(0)
+        return windowed_count_sum(fn.log_prob, value, self.upper_bound(fn))
 
     def surrogate(self, fn, value, delta):
         delta = self.mask_delta(fn, value, delta)

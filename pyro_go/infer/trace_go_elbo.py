@@ -30,6 +30,7 @@ from pyro_go.infer.trace_utils import (
     vectorized_frames,
 )
 from pyro_go.ops.provenance import provenance_of, strip
+from pyro_go.ops.special import naming_count_site
 from pyro_go.poutine.go_sample_messenger import GOSampleMessenger
 
 
@@ -360,7 +361,8 @@ class TraceGO_ELBO(ELBO):
         total = 0.0
         for layout in layouts:
             base_fn = unwrap_distribution(layout.guide_site["fn"])
-            term = layout.rule.surrogate(base_fn, layout.value, deltas[layout.name])
+            with naming_count_site(f"TraceGO_ELBO: guide site '{layout.name}'"):
+                term = layout.rule.surrogate(base_fn, layout.value, deltas[layout.name])
             total = total + term.sum()
         return total
 
