@@ -87,29 +87,31 @@ def train_for_budget(
     evaluate: Callable[[], dict[str, float]],
     eval_every: float,
     eval_steps: Collection[int] = (),
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Curve:
     """Call ``step(next(batches))`` until ``budget`` seconds have been spent inside
     ``step``; ``evaluate()`` runs at the start, every ``eval_every`` seconds of training,
     after each number of steps in ``eval_steps`` (e.g. another run's evaluation points,
     to compare at equal iterations) and at the end, off the clock (so are the
-    batches)."""
+    batches).  ``clock`` reads the seconds: wall time by default, ``time.process_time``
+    for CPU seconds of this process (fair on a machine shared with other work)."""
     curve = Curve(name)
-    clock, steps, next_eval = 0.0, 0, 0.0
+    spent, steps, next_eval = 0.0, 0, 0.0
     progress = "{l_bar}{bar}| {n:.0f}/{total:.0f} s"
     with tqdm(total=budget, desc=name, bar_format=progress, disable=not sys.stderr.isatty()) as bar:
-        while clock < budget:
-            if clock >= next_eval or steps in eval_steps:
-                curve.seconds.append(clock)
+        while spent < budget:
+            if spent >= next_eval or steps in eval_steps:
+                curve.seconds.append(spent)
                 curve.steps.append(steps)
                 curve.values.append(evaluate())
-                next_eval = max(next_eval, clock // eval_every * eval_every + eval_every)
+                next_eval = max(next_eval, spent // eval_every * eval_every + eval_every)
             batch = next(batches)
-            start = time.perf_counter()
+            start = clock()
             step(batch)
-            elapsed = time.perf_counter() - start
-            clock, steps = clock + elapsed, steps + 1
+            elapsed = clock() - start
+            spent, steps = spent + elapsed, steps + 1
             bar.update(min(elapsed, bar.total - bar.n))
-    curve.seconds.append(clock)
+    curve.seconds.append(spent)
     curve.steps.append(steps)
     curve.values.append(evaluate())
     return curve

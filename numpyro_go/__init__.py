@@ -3,7 +3,9 @@
 Swap :class:`numpyro.infer.Trace_ELBO` for :class:`TraceGO_ELBO` to get unbiased,
 low-variance gradients through discrete and non-reparameterisable latent variables,
 ``jax.jit``-compiled end to end.  :class:`TraceRELAX_ELBO` offers the RELAX / REBAR
-estimators (Grathwohl et al., ICLR 2018; Tucker et al., NeurIPS 2017) for comparison.
+estimators (Grathwohl et al., ICLR 2018; Tucker et al., NeurIPS 2017), and
+:class:`TraceRLOO_ELBO` and :class:`TraceDisARM_ELBO` the leave-one-out and antithetic
+score-function estimators (Kool et al. 2019; Dong et al., NeurIPS 2020) for comparison.
 """
 
 from numpyro_go._version import __version__
@@ -13,8 +15,10 @@ from numpyro_go.infer import (
     RELAX,
     Baseline,
     ControlVariate,
+    TraceDisARM_ELBO,
     TraceGO_ELBO,
     TraceRELAX_ELBO,
+    TraceRLOO_ELBO,
 )
 
 __all__ = [
@@ -22,8 +26,10 @@ __all__ = [
     "RELAX",
     "Baseline",
     "ControlVariate",
+    "TraceDisARM_ELBO",
     "TraceGO_ELBO",
     "TraceRELAX_ELBO",
+    "TraceRLOO_ELBO",
     "__version__",
     "get_go_rule",
     "go_surrogate",

@@ -50,6 +50,7 @@ def test_wallclock_benchmarks_quick():
         "benchmarks/vae_wallclock.py": "TraceGO_ELBO",
         "benchmarks/def_wallclock.py": "TraceGO_ELBO",
         "benchmarks/vae_budget_table.py": "numpyro_go.TraceGO_ELBO",
+        "benchmarks/peers_budget_table.py": "numpyro_go.TraceDisARM_ELBO",
     }
     for script, estimator in outputs.items():
         out = run(script, "--quick")

@@ -1,7 +1,18 @@
-"""Inference: ELBOs with GO gradients, and RELAX / REBAR for comparison."""
+"""Inference: ELBOs with GO gradients, and RELAX / REBAR, RLOO and DisARM for comparison."""
 
 from pyro_go.infer.control_variates import REBAR, RELAX, Baseline, ControlVariate
+from pyro_go.infer.trace_disarm_elbo import TraceDisARM_ELBO
 from pyro_go.infer.trace_go_elbo import TraceGO_ELBO
 from pyro_go.infer.trace_relax_elbo import TraceRELAX_ELBO
+from pyro_go.infer.trace_rloo_elbo import TraceRLOO_ELBO
 
-__all__ = ["REBAR", "RELAX", "Baseline", "ControlVariate", "TraceGO_ELBO", "TraceRELAX_ELBO"]
+__all__ = [
+    "REBAR",
+    "RELAX",
+    "Baseline",
+    "ControlVariate",
+    "TraceDisARM_ELBO",
+    "TraceGO_ELBO",
+    "TraceRELAX_ELBO",
+    "TraceRLOO_ELBO",
+]
