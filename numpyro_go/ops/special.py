@@ -88,7 +88,7 @@ def digamma_difference(a: jax.Array, m: jax.Array) -> jax.Array:
     return jnp.where(large, asymptotic, digamma(a) - digamma(a + m))
 
 
-def _exact_head(y, r, p, x):
+def _exact_head(y, r, p, log_x):
     """``−Σ_{k≤y} [q(k)/q(y)] (ψ(k+r) − ψ(r) + log(1−p))`` for ``y ≤ EXACT_HEAD_COUNTS``,
     with ``log q(k)/q(y) = Σ_{k≤j<y} log[(j + 1)/((j + r) p)]``."""
     top = jnp.minimum(y, EXACT_HEAD_COUNTS)
@@ -103,7 +103,7 @@ def _exact_head(y, r, p, x):
 
     def accumulate(k, carry):
         below_k, acc = carry  # Σ_{j<k} log q(j)/q(j+1) = log q(0)/q(k)
-        score = jnp.log(x) - digamma_difference(r, jnp.full_like(y, k))
+        score = log_x - digamma_difference(r, jnp.full_like(y, k))
         acc = acc + jnp.where(k <= top, jnp.exp(below_y - below_k) * score, 0.0)
         return below_k + step(k), acc
 
@@ -112,11 +112,11 @@ def _exact_head(y, r, p, x):
     return -total
 
 
-def _quadrature(y, r, p, x):
+def _quadrature(y, r, p, x, log_x):
     """``g_r(y)`` from ``∂_a I_x(a, b)`` at ``a = r, b = y + 1`` by quadrature in the logit
     of the beta variable (see :mod:`numpyro_go.ops.quadrature_nodes`)."""
     n = r + y + 1
-    log_x, log_p = jnp.log(x), jnp.log(p)
+    log_p = jnp.log(p)
     v_x = log_x - log_p
     c = digamma_difference(r, y + 1)
     lower = log_x < c
@@ -169,9 +169,10 @@ def negative_binomial_total_count_nabla(
     r, p = arrays[1], arrays[2]
     y = arrays[0].astype(r.dtype)
     x = 1 - p if complement is None else arrays[3]
-    lower = jnp.log(x) < digamma_difference(r, y + 1)
+    log_x = jnp.log1p(-p) if complement is None else jnp.log(x)
+    lower = log_x < digamma_difference(r, y + 1)
     exact = (y == 0) | ((y <= EXACT_HEAD_COUNTS) & lower)
-    return jnp.where(exact, _exact_head(y, r, p, x), _quadrature(y, r, p, x))
+    return jnp.where(exact, _exact_head(y, r, p, log_x), _quadrature(y, r, p, x, log_x))
 
 
 def windowed_count_sum(

@@ -76,7 +76,7 @@ def digamma_difference(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(large, asymptotic, torch.digamma(a) - torch.digamma(a + m))
 
 
-def _exact_head(y, r, p, x):
+def _exact_head(y, r, p, log_x):
     """``−Σ_{k≤y} [q(k)/q(y)] (ψ(k+r) − ψ(r) + log(1−p))``, elements along dim 0.
 
     ``log q(k)/q(y) = Σ_{k≤j<y} log[(j + 1) / ((j + r) p)]``, summed as such rather than
@@ -88,15 +88,15 @@ def _exact_head(y, r, p, x):
     below = torch.cat([start, torch.cumsum(step, 0)])  # Σ_{j<k} of the steps
     log_weights = below.gather(0, y.long().unsqueeze(0)) - below
     weights = torch.where(grid <= y, log_weights.exp(), 0.0)
-    score = torch.log(x) - digamma_difference(r, torch.minimum(grid, y))
+    score = log_x - digamma_difference(r, torch.minimum(grid, y))
     return -(weights * score).sum(0)
 
 
-def _quadrature(y, r, p, x):
+def _quadrature(y, r, p, x, log_x):
     """``g_r(y)`` from ``∂_a I_x(a, b)`` at ``a = r, b = y + 1``, by quadrature in the
     logit ``v`` of the beta variable (see :mod:`pyro_go.ops.quadrature_nodes`)."""
     n = r + y + 1
-    log_x, log_p = torch.log(x), torch.log(p)
+    log_p = torch.log(p)
     v_x = log_x - log_p
     c = digamma_difference(r, y + 1)  # E[log T] for T ~ Beta(r, y + 1)
     lower = log_x < c  # the side of x on which the integrand keeps one sign
@@ -154,21 +154,22 @@ def negative_binomial_total_count_nabla(
     r = total_count.detach().to(torch.float64)
     p = probs.detach().to(torch.float64)
     x = 1 - p if complement is None else complement.detach().to(torch.float64)
-    y, r, p, x = torch.broadcast_tensors(y, r, p, x)
+    log_x = torch.log1p(-p) if complement is None else torch.log(x)
+    y, r, p, x, log_x = torch.broadcast_tensors(y, r, p, x, log_x)
     shape = y.shape
-    y, r, p, x = (t.reshape(-1) for t in (y, r, p, x))
-    lower = torch.log(x) < digamma_difference(r, y + 1)
+    y, r, p, x, log_x = (t.reshape(-1) for t in (y, r, p, x, log_x))
+    lower = log_x < digamma_difference(r, y + 1)
     exact = (y == 0) | ((y <= EXACT_HEAD_COUNTS) & lower)
     if bool(exact.all()):
-        nabla = _exact_head(y, r, p, x)
+        nabla = _exact_head(y, r, p, log_x)
     else:
         nabla = torch.empty_like(y)
         index = exact.nonzero().squeeze(-1)
         if index.numel():
-            nabla[index] = _exact_head(y[index], r[index], p[index], x[index])
+            nabla[index] = _exact_head(y[index], r[index], p[index], log_x[index])
         index = (~exact).nonzero().squeeze(-1)
-        for chunk in index.split(QUADRATURE_CHUNK):
-            nabla[chunk] = _quadrature(y[chunk], r[chunk], p[chunk], x[chunk])
+        for i in index.split(QUADRATURE_CHUNK):
+            nabla[i] = _quadrature(y[i], r[i], p[i], x[i], log_x[i])
     return nabla.reshape(shape).to(out_dtype)
 
 

@@ -97,8 +97,8 @@ def largest_array(jaxpr) -> int:
 def test_negative_binomial_cost_ignores_other_counts():
     """One draw of mean 1e10 among 999 small ones: under ``jit`` no array is larger than
     a few copies of the batch, and each element's nabla is the one it gets alone."""
-    small = dist.NegativeBinomialProbs(3.0, 0.4).sample(jax.random.PRNGKey(0), (999,))
-    y = jnp.concatenate([small.astype(jnp.float64), jnp.array([1e10])])
+    small = jnp.arange(999.0) % 17  # small counts, both sides of the mean of 2
+    y = jnp.concatenate([small, jnp.array([1e10])])
     r = jnp.concatenate([jnp.full(999, 3.0), jnp.array([5.0])])
     p = jnp.concatenate([jnp.full(999, 0.4), jnp.array([MEAN_1E10])])
     jaxpr = jax.make_jaxpr(negative_binomial_total_count_nabla)(y, r, p).jaxpr
@@ -116,7 +116,7 @@ def test_generic_rule_cost_ignores_other_counts():
     """A ZeroInflatedPoisson batch with one count far in the tail: each step of the loop
     works on one value per element; the large count ends in a few steps."""
     fn = zip_site(jnp.full(1000, 3.0), 0.2)
-    y = fn.sample(jax.random.PRNGKey(1)).astype(jnp.float64).at[-1].set(1e6)
+    y = (jnp.arange(1000.0) % 9).at[-1].set(1e6)
     rule = get_go_rule(fn)
     assert isinstance(rule, go_rules.GenericCountRule)
     jaxpr = jax.make_jaxpr(lambda v: rule.variable_nabla(fn, v))(y).jaxpr
@@ -158,7 +158,6 @@ def test_generic_rule_out_of_reach_names_the_site():
     assert f"more than {COUNT_SUM_CAP} terms" in str(error.value)
 
 
-@pytest.mark.slow
 def test_generic_rule_out_of_reach_names_the_site_under_jit():
     """Under ``jit`` the counts are not known when the step is traced: the error comes
     from a host callback when it runs, still naming the site."""
