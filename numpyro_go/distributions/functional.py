@@ -51,7 +51,7 @@ def go_surrogate(
     if value is None:
         if rng_key is None:
             raise ValueError("go_surrogate: pass rng_key (to draw the sample) or value.")
-        value = fn.rsample(rng_key) if rule.kind == "reparameterized" else fn.sample(rng_key)
+        value = fn.sample(rng_key)  # pathwise for the "reparameterized" rule
     elif rule.kind == "reparameterized":
         raise ValueError(
             "go_surrogate: this distribution has a pathwise sampler; pass rng_key and leave "
@@ -61,7 +61,11 @@ def go_surrogate(
         return f(value)
     value = stop_gradient(value)
     if rule.kind == "cdf":
-        return f(rule.surrogate_sample(unwrap_distribution(fn), value))
+        base = unwrap_distribution(fn)
+        reason = rule.why_not_differentiable(base, value)
+        if reason is not None:
+            raise ValueError(f"go_surrogate: {type(base).__name__} has no GO gradient ({reason}).")
+        return f(rule.surrogate_sample(base, value))
 
     # discrete: local import keeps the infer package out of distributions' import graph
     from numpyro_go.infer.perturbation import LeafLayout

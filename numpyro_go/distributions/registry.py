@@ -16,10 +16,12 @@ Users extend it for their own distribution classes::
 Lookup walks the method resolution order of the *base* distribution (``Independent``,
 ``.expand()``, ``.mask()`` and ``.to_event()`` are seen through).  Classes without a
 registered rule get a generic one when they qualify: a pathwise sampler
-(:class:`~numpyro_go.distributions.rules.Reparameterized`), a support on
-``{0, 1, 2, ...}`` (:class:`~numpyro_go.distributions.rules.GenericCountRule`), or a
-univariate continuous family with a ``cdf``
-(:class:`~numpyro_go.distributions.rules.CDFSurrogate`).
+(:class:`~numpyro_go.distributions.rules.Reparameterized`, see
+:func:`has_pathwise_sample`), a support on ``{0, 1, 2, ...}``
+(:class:`~numpyro_go.distributions.rules.GenericCountRule`), or a univariate continuous
+family with a ``cdf`` (:class:`~numpyro_go.distributions.rules.CDFSurrogate`; whether
+that cdf is differentiable in every parameter is checked when the first sample is
+drawn).  The estimators give the sites left over the score function.
 """
 
 from __future__ import annotations
@@ -58,6 +60,23 @@ def unwrap_distribution(fn: dist.Distribution) -> dist.Distribution:
     return fn
 
 
+#: families whose sampler is JAX's implicit reparameterisation (Figurnov et al. 2018),
+#: the GO gradient of a continuous variable: used even in subclasses that declare no
+#: ``reparametrized_params`` (NumPyro's way to mark a site non-reparameterised)
+IMPLICIT_FAMILIES = (dist.Gamma, dist.Beta, dist.Dirichlet)
+
+
+def has_pathwise_sample(fn: dist.Distribution) -> bool:
+    """Whether a base distribution's ``sample`` is pathwise differentiable: it says so
+    (``has_rsample``), or its sampler is that of a Gamma, Beta or Dirichlet.
+
+    For a continuous variable the pathwise (implicit) gradient equals GO's
+    (Cong et al. 2019, section 3), so turning it off would only raise the variance."""
+    if fn.has_rsample:
+        return True
+    return any(type(fn).sample is family.sample for family in IMPLICIT_FAMILIES)
+
+
 def _has_cdf(fn: dist.Distribution) -> bool:
     return type(fn).cdf is not dist.Distribution.cdf
 
@@ -78,7 +97,7 @@ def get_go_rule(
         rule = _REGISTRY.get(cls)
         if rule is not None:
             return getattr(rule, "raw_form", rule) if categorical_form == "raw" else rule
-    if base.has_rsample:
+    if has_pathwise_sample(base):
         return REPARAMETERIZED
     support = base.support
     if support.is_discrete:
@@ -109,4 +128,11 @@ register_go_rule(dist.BinomialProbs, _BINOMIAL)
 register_go_rule(dist.BinomialLogits, _BINOMIAL)
 register_go_rule(dist.GammaPoisson, rules.GammaPoissonRule())
 
-__all__ = ["CategoricalForm", "get_go_rule", "register_go_rule", "unwrap_distribution"]
+__all__ = [
+    "CategoricalForm",
+    "IMPLICIT_FAMILIES",
+    "get_go_rule",
+    "has_pathwise_sample",
+    "register_go_rule",
+    "unwrap_distribution",
+]

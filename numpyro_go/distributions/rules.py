@@ -56,11 +56,51 @@ class CDFSurrogate(GORule):
 
     kind = "cdf"
 
+    def __init__(self) -> None:
+        #: class -> why its cdf fails, or ``None``
+        self._checked: dict[type, str | None] = {}
+
     def surrogate_sample(self, fn, value: jax.Array) -> jax.Array:
         value = _stop(value)
         cdf = fn.cdf(value)
         density = jnp.exp(fn.log_prob(value))
         return value - (cdf - _stop(cdf)) / _stop(density)
+
+    def why_not_differentiable(self, fn, value: jax.Array) -> str | None:
+        """``None`` if JAX can differentiate ``fn.cdf`` in every floating-point leaf of
+        the distribution's pytree, else the reason (such as ``betainc``'s missing
+        derivative in ``a`` and ``b``).  Checked once per class by tracing the gradient
+        abstractly (:func:`jax.eval_shape`: nothing is computed); a missing derivative
+        is a property of the code, not of the point."""
+        if type(fn) not in self._checked:
+            self._checked[type(fn)] = _cdf_failure(fn, value)
+        return self._checked[type(fn)]
+
+
+def _abstract(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+
+def _cdf_failure(fn, value: jax.Array) -> str | None:
+    leaves, treedef = jax.tree_util.tree_flatten(fn)
+    floating = [
+        i for i, leaf in enumerate(leaves) if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+
+    def cdf_sum(params, value):
+        full = list(leaves)
+        for i, param in zip(floating, params, strict=True):
+            full[i] = param
+        return jnp.sum(jax.tree_util.tree_unflatten(treedef, full).cdf(value))
+
+    params = [_abstract(leaves[i]) for i in floating]
+    try:
+        jax.eval_shape(jax.grad(cdf_sum), params, _abstract(value))
+    except (ValueError, TypeError, NotImplementedError) as error:
+        return (
+            f"no pathwise sampler, and its cdf is not differentiable: {str(error).splitlines()[0]}"
+        )
+    return None
 
 
 class DiscreteRule(GORule):

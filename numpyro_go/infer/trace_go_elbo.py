@@ -14,7 +14,7 @@ from jax.lax import stop_gradient
 from numpyro.handlers import seed, substitute, trace
 from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
 
-from numpyro_go.distributions.registry import CategoricalForm, get_go_rule
+from numpyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 from numpyro_go.handlers import go_sample
 from numpyro_go.infer.perturbation import LeafLayout, PerturbationReplay
 from numpyro_go.infer.trace_utils import (
@@ -42,9 +42,10 @@ class TraceGO_ELBO(ELBO):
     * every model term ``log p``, differentiable in the model parameters and, through
       pathwise samples, in the guide parameters;
     * for continuous guide sites, the pathwise sample (JAX's implicit gradients for
-      Gamma, Beta and Dirichlet are GO for continuous variables, eq. 9), or for a
-      univariate site with only a ``cdf`` the surrogate sample
-      ``y − (F(y) − stop F(y)) / stop p(y)``;
+      Gamma, Beta and Dirichlet are GO for continuous variables, eq. 9, also where a
+      subclass declares no ``reparametrized_params``), or for a univariate site with
+      only a ``cdf`` differentiable in every parameter (checked by tracing its
+      gradient) the surrogate sample ``y − (F(y) − stop F(y)) / stop p(y)``;
     * for each discrete *leaf* guide site (no children in the guide), the GO term
       ``Σ_v stop(D_v f) · ĝ_v`` of Algorithm 1 (appendix I), with ``D_v f`` from one
       ``jax.vmap`` of a gradient-free model replay over the site's perturbations,
@@ -53,13 +54,21 @@ class TraceGO_ELBO(ELBO):
       variable-nablas of appendix A;
     * for each discrete guide site *with* children in the guide, which Theorem 3 does
       not cover, the score-function term Rao-Blackwellised by provenance like
-      :class:`~numpyro.infer.TraceGraph_ELBO`, with a warning; ``strict=True`` raises.
+      :class:`~numpyro.infer.TraceGraph_ELBO`, with a warning; ``strict=True`` raises;
+    * for each guide site with no GO rule (a continuous class without a pathwise
+      sampler whose ``cdf`` is missing or not differentiable in some parameter, a
+      discrete family without a rule), the same Rao-Blackwellised score-function term,
+      with one warning naming the site; ``strict=True`` raises instead.  So every guide
+      that :class:`~numpyro.infer.TraceGraph_ELBO` trains, this ELBO trains.  A site
+      marked ``infer={"go_score_function": True}`` gets this term without a warning:
+      GO, like any pathwise gradient, needs ``f`` differentiable in a continuous value,
+      which fails where the value decides control flow.
 
     :param int num_particles: number of particles averaged per estimate.
     :param vectorize_particles: ``jax.vmap`` over particles (``True``), ``jax.lax.map``
         (``False``), or a callable such as ``jax.pmap``.
     :param bool strict: raise instead of warning when a discrete guide site has
-        children in the guide.
+        children in the guide or a guide site has no GO rule.
     :param str categorical_form: ``"local"`` (default, ``K − 1`` evaluations per
         element) or ``"raw"`` (Theorem 1, one evaluation per element) for Categorical
         sites; a site may override it with ``infer={"go_categorical_form": ...}``.
@@ -111,6 +120,7 @@ class TraceGO_ELBO(ELBO):
         self.chunk_size = chunk_size
         self.stick_the_landing = stick_the_landing
         self.absorb_linear = absorb_linear
+        self._warned_sites: set[str] = set()
         #: model evaluations per particle spent on ``D_y f`` in the last traced estimate
         #: (perturbations + one base evaluation per leaf site); set when the loss is traced
         self.last_num_evaluations = 0
@@ -142,21 +152,26 @@ class TraceGO_ELBO(ELBO):
     def _single_particle_elbo(self, key, param_map, model, guide, args, kwargs):
         model_seed, guide_seed = random.split(key)
         tracer = trace(seed(substitute(guide, data=param_map), guide_seed))
-        with go_sample(categorical_form=self.categorical_form):
+        sampler = go_sample(categorical_form=self.categorical_form)
+        with sampler:
             guide_trace = tracer.get_trace(*args, **kwargs)
+        scored = sampler.score_function_sites
+        for name, reason in scored.items():
+            if reason is not None:
+                self._handle_score_function_site(name, guide_trace[name]["fn"], reason)
         model_trace = replayed_model_trace(model, model_seed, guide_trace, param_map, args, kwargs)
 
-        discrete = self._discrete_sites(guide_trace)
+        discrete = {n: r for n, r in self._discrete_sites(guide_trace).items() if n not in scored}
         elbo = jnp.zeros(())
         for site in sample_sites(model_trace).values():
             elbo = elbo + jnp.sum(log_prob(site))
         for name, site in latent_sites(guide_trace).items():
-            if name in discrete:
+            if name in discrete or name in scored:
                 elbo = elbo - stop_gradient(jnp.sum(log_prob(site)))
             else:
                 elbo = elbo - self._guide_term(site)
 
-        if discrete:
+        if discrete or scored:
             latents = {name: site["value"] for name, site in latent_sites(guide_trace).items()}
             model_deps, guide_deps = get_nonreparam_deps(
                 model, guide, args, kwargs, param_map, latents=latents
@@ -171,9 +186,9 @@ class TraceGO_ELBO(ELBO):
                 gradient_only = gradient_only + self._go_terms(
                     replay_, guide_trace, model_trace, leaves, model_deps
                 )
-            if internal:
+            if internal or scored:
                 gradient_only = gradient_only + self._score_terms(
-                    guide_trace, model_trace, internal, model_deps, guide_deps
+                    guide_trace, model_trace, [*internal, *scored], model_deps, guide_deps
                 )
             elbo = elbo + gradient_only - stop_gradient(gradient_only)
 
@@ -217,11 +232,28 @@ class TraceGO_ELBO(ELBO):
                 "are leaves (GO paper, appendix B.4: e.g. condition the children on "
                 "continuous variables instead)"
             )
-            if self.strict:
-                raise ValueError(
-                    message + ", or construct TraceGO_ELBO(strict=False) to fall back to the "
-                    "score-function estimator for this site."
-                )
+            self._fall_back_to_score_function(name, message)
+        return children
+
+    def _handle_score_function_site(self, name: str, fn, reason: str) -> None:
+        message = (
+            f"TraceGO_ELBO: guide site '{name}' has distribution "
+            f"{type(unwrap_distribution(fn)).__name__}, which has no GO gradient here "
+            f"({reason}). For GO, give it a pathwise sampler or a cdf differentiable in "
+            "every parameter, or register a rule with "
+            "numpyro_go.register_go_rule(YourClass, rule)"
+        )
+        self._fall_back_to_score_function(name, message)
+
+    def _fall_back_to_score_function(self, name: str, message: str) -> None:
+        """Raise (``strict``) or warn once per site that ``name`` gets the score function."""
+        if self.strict:
+            raise ValueError(
+                message + ", or construct TraceGO_ELBO(strict=False) to fall back to the "
+                "score-function estimator for this site."
+            )
+        if name not in self._warned_sites:
+            self._warned_sites.add(name)
             warnings.warn(
                 message + ". Until then its gradient uses the score-function estimator, "
                 "Rao-Blackwellised like TraceGraph_ELBO; pass strict=True to make this an "
@@ -229,7 +261,6 @@ class TraceGO_ELBO(ELBO):
                 UserWarning,
                 stacklevel=2,
             )
-        return children
 
     # ------------------------------------------------------------------ GO terms
 
@@ -272,8 +303,9 @@ class TraceGO_ELBO(ELBO):
 
     @staticmethod
     def _score_terms(guide_trace, model_trace, internal, model_deps, guide_deps) -> jax.Array:
-        """Score-function terms of discrete internal sites, Rao-Blackwellised by
-        provenance (as :class:`~numpyro.infer.TraceGraph_ELBO`)."""
+        """Score-function terms of the named guide sites (discrete internal sites and
+        sites without a GO rule), Rao-Blackwellised by provenance (as
+        :class:`~numpyro.infer.TraceGraph_ELBO`)."""
         surrogate = jnp.zeros(())
         guide_sites = latent_sites(guide_trace)
         for name in internal:

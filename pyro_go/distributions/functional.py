@@ -67,7 +67,11 @@ def go_surrogate(
         value = fn.sample()
     value = value.detach()
     if rule.kind == "cdf":
-        return f(rule.surrogate_sample(unwrap_distribution(fn), value).unsqueeze(0))[0]
+        base = unwrap_distribution(fn)
+        reason = rule.why_not_differentiable(base, value)
+        if reason is not None:
+            raise ValueError(f"go_surrogate: {type(base).__name__} has no GO gradient ({reason}).")
+        return f(rule.surrogate_sample(base, value).unsqueeze(0))[0]
 
     # discrete: local import keeps the infer package out of distributions' import graph
     from pyro_go.infer.perturbation import DiscreteLeafSite

@@ -16,10 +16,13 @@ Users extend it for their own distribution classes::
 Lookup walks the method resolution order of the *base* distribution (wrappers such as
 ``Independent``, ``.expand()``, ``.mask()`` and ``.to_event()`` are seen through), so a
 rule registered for a torch class also serves its Pyro subclass.  Classes without a
-registered rule get a generic one when they qualify: pathwise ``rsample``
-(:class:`~pyro_go.distributions.rules.Reparameterized`), a support on ``{0, 1, 2, ...}``
-(:class:`~pyro_go.distributions.rules.GenericCountRule`), or a univariate continuous
-family with a ``cdf`` (:class:`~pyro_go.distributions.rules.CDFSurrogate`).
+registered rule get a generic one when they qualify: a pathwise ``rsample``
+(:class:`~pyro_go.distributions.rules.Reparameterized`, see :func:`has_pathwise_sample`),
+a support on ``{0, 1, 2, ...}`` (:class:`~pyro_go.distributions.rules.GenericCountRule`),
+or a univariate continuous family with a ``cdf``
+(:class:`~pyro_go.distributions.rules.CDFSurrogate`; whether that cdf is differentiable
+in every parameter is checked when the first sample is drawn).  The estimators give the
+sites left over (``Empirical``, continuous families with neither) the score function.
 """
 
 from __future__ import annotations
@@ -58,6 +61,24 @@ def unwrap_distribution(fn: tdist.Distribution) -> tdist.Distribution:
     return fn
 
 
+#: families whose ``rsample`` is torch's implicit reparameterisation (Figurnov et al.
+#: 2018), the GO gradient of a continuous variable: used even in subclasses that declare
+#: ``has_rsample = False`` (such as ``pyro.distributions.testing.fakes``)
+IMPLICIT_FAMILIES = (tdist.Gamma, tdist.Beta, tdist.Dirichlet)
+
+
+def has_pathwise_sample(fn: tdist.Distribution) -> bool:
+    """Whether a base distribution's ``rsample`` gives pathwise samples: it says so, or
+    its class does (Pyro's ``has_rsample_(False)`` only switches the instance to
+    detached samples), or its ``rsample`` is that of a Gamma, Beta or Dirichlet.
+
+    For a continuous variable the pathwise (implicit) gradient equals GO's
+    (Cong et al. 2019, section 3), so turning it off would only raise the variance."""
+    if fn.has_rsample or getattr(type(fn), "has_rsample", False) is True:
+        return True
+    return any(type(fn).rsample is family.rsample for family in IMPLICIT_FAMILIES)
+
+
 def _has_cdf(fn: tdist.Distribution) -> bool:
     return type(fn).cdf is not tdist.Distribution.cdf
 
@@ -82,7 +103,7 @@ def get_go_rule(
         rule = _REGISTRY.get(cls)
         if rule is not None:
             return _raw_form(rule) if categorical_form == "raw" else rule
-    if base.has_rsample:
+    if has_pathwise_sample(base):
         return REPARAMETERIZED
     support = base.support
     if support.is_discrete:
@@ -109,7 +130,9 @@ register_go_rule(GammaPoisson, rules.GammaPoissonRule())
 
 __all__ = [
     "CategoricalForm",
+    "IMPLICIT_FAMILIES",
     "get_go_rule",
+    "has_pathwise_sample",
     "register_go_rule",
     "unwrap_distribution",
 ]

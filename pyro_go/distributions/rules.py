@@ -42,9 +42,17 @@ class GORule:
 class Reparameterized(GORule):
     """Continuous families with ``rsample``: torch's pathwise / implicit gradients
     (Gamma, Beta, Dirichlet via implicit reparameterisation) already equal the GO
-    gradient of a continuous variable (Cong et al. 2019, section 3 and appendix A.1)."""
+    gradient of a continuous variable (Cong et al. 2019, section 3 and appendix A.1).
+
+    :meth:`sample` calls ``rsample`` even where the instance was marked
+    ``has_rsample_(False)``: for a continuous variable the implicit gradient *is* GO.
+    """
 
     kind = "reparameterized"
+
+    def sample(self, fn, *args, **kwargs) -> torch.Tensor:
+        """A pathwise sample of ``fn`` (wrappers included), whatever its flag says."""
+        return fn.rsample(*args, **kwargs)
 
 
 class CDFSurrogate(GORule):
@@ -57,11 +65,55 @@ class CDFSurrogate(GORule):
 
     kind = "cdf"
 
+    def __init__(self) -> None:
+        #: (class, parameters that need a gradient) -> why its cdf fails, or ``None``
+        self._checked: dict[tuple, str | None] = {}
+
     def surrogate_sample(self, fn, value: torch.Tensor) -> torch.Tensor:
         value = _stop(value)
         cdf = fn.cdf(value)
         density = fn.log_prob(value).exp()
         return value - (cdf - _stop(cdf)) / _stop(density)
+
+    def why_not_differentiable(self, fn, value: torch.Tensor) -> str | None:
+        """``None`` if ``fn.cdf`` is differentiable in every parameter that ``log_prob``
+        depends on and that needs a gradient, else the reason.  Checked by autograd at
+        ``value`` once per class and set of such parameters (a missing derivative, such
+        as ``igamma``'s in its first argument, or a cdf that ignores a parameter, is a
+        property of the code, not of the point)."""
+        params = _differentiable_params(fn)
+        key = (type(fn), tuple(params))
+        if key not in self._checked:
+            self._checked[key] = _cdf_failure(fn, _stop(value), params)
+        return self._checked[key]
+
+
+def _differentiable_params(fn) -> dict[str, torch.Tensor]:
+    """The parameters set on ``fn`` (among ``arg_constraints``) that need a gradient."""
+    return {
+        name: param
+        for name in fn.arg_constraints
+        if torch.is_tensor(param := vars(fn).get(name)) and param.requires_grad
+    }
+
+
+def _cdf_failure(fn, value: torch.Tensor, params: dict[str, torch.Tensor]) -> str | None:
+    if not params:
+        return None
+    tensors = list(params.values())
+    try:
+        cdf_grads = torch.autograd.grad(
+            fn.cdf(value).sum(), tensors, retain_graph=True, allow_unused=True
+        )
+    except (RuntimeError, NotImplementedError) as error:
+        return f"no rsample, and its cdf is not differentiable: {str(error).splitlines()[0]}"
+    density_grads = torch.autograd.grad(
+        fn.log_prob(value).sum(), tensors, retain_graph=True, allow_unused=True
+    )
+    for name, cdf_grad, density_grad in zip(params, cdf_grads, density_grads, strict=True):
+        if cdf_grad is None and density_grad is not None:
+            return f"no rsample, and its cdf does not depend differentiably on '{name}'"
+    return None
 
 
 class DiscreteRule(GORule):

@@ -49,6 +49,8 @@ class _Particle:
     internal: dict[str, list[str]] = field(default_factory=dict)
     leaves: dict = field(default_factory=dict)
     recorded: RecordedRun | None = None
+    #: guide sites given the score function: name -> why (``None``: asked for)
+    score_sites: dict[str, str | None] = field(default_factory=dict)
 
 
 class TraceGO_ELBO(ELBO):
@@ -68,8 +70,9 @@ class TraceGO_ELBO(ELBO):
       pathwise samples, in the guide parameters;
     * for continuous guide sites, the pathwise sample (``rsample``; Gamma, Beta and
       Dirichlet use implicit reparameterisation, which *is* GO for continuous
-      variables, eq. 9), or for a univariate site with only a ``cdf`` the surrogate
-      sample ``y − (F(y) − stop F(y)) / stop p(y)``;
+      variables, eq. 9, also when marked ``has_rsample_(False)``), or for a univariate
+      site with only a ``cdf`` differentiable in every parameter (checked by autograd)
+      the surrogate sample ``y − (F(y) − stop F(y)) / stop p(y)``;
     * for each discrete *leaf* guide site (no children in the guide), the GO term
       ``Σ_v stop(D_v f) · ĝ_v`` of Algorithm 1 (appendix I), with ``D_v f`` computed by
       one vectorised, gradient-free replay of the model over the perturbations of all
@@ -80,14 +83,22 @@ class TraceGO_ELBO(ELBO):
       not cover, the score-function term Rao-Blackwellised by provenance like
       :class:`~pyro.infer.TraceGraph_ELBO` (``infer={"baseline": ...}`` works the same
       way), with a one-time warning; ``strict=True`` raises instead.  Appendix B.4 of
-      [1] shows how to restructure such guides.
+      [1] shows how to restructure such guides;
+    * for each guide site with no GO rule (``Empirical``; a continuous class without
+      ``rsample`` whose ``cdf`` is missing or not differentiable in some parameter),
+      the same Rao-Blackwellised score-function term, with a one-time warning naming
+      the site; ``strict=True`` raises instead.  So every guide that
+      :class:`~pyro.infer.TraceGraph_ELBO` trains, this ELBO trains.  A site marked
+      ``infer={"go_score_function": True}`` gets this term without a warning: GO, like
+      any pathwise gradient, needs ``f`` differentiable in a continuous value, which
+      fails where the value decides control flow.
 
     :param int num_particles: number of particles averaged per estimate.
     :param int max_plate_nesting: bound on nested plates (guessed if omitted).  The
         perturbation stack is placed left of every plate.
     :param bool vectorize_particles: vectorise over particles with an outer plate.
     :param bool strict: raise instead of warning when a discrete guide site has
-        children in the guide.
+        children in the guide or a guide site has no GO rule.
     :param str categorical_form: ``"local"`` (default, lower variance, ``K − 1``
         evaluations per element) or ``"raw"`` (Theorem 1, one evaluation per element)
         for Categorical and OneHotCategorical sites; a site may override it with
@@ -201,11 +212,16 @@ class TraceGO_ELBO(ELBO):
         raw_guide_trace, guide_trace, model_trace, tracked = trace_with_provenance(
             sampler(guide), model, args, kwargs, self.max_plate_nesting, record_linear
         )
-        discrete = self._discrete_sites(guide_trace, tracked)
+        scored = sampler.score_function_sites
+        discrete = self._discrete_sites(guide_trace, [n for n in tracked if n not in scored])
         internal = self._internal_sites(guide_trace, discrete)
         particle = _Particle(model, model_trace, guide_trace, raw_guide_trace, args, kwargs)
         if record_linear:
             particle.recorded = RecordedRun(model_trace, tracked)
+        particle.score_sites = scored
+        for name, reason in particle.score_sites.items():
+            if reason is not None:
+                self._handle_score_function_site(name, guide_trace.nodes[name]["fn"], reason)
         particle.discrete = discrete
         particle.internal = internal
         particle.leaves = {n: rule for n, rule in discrete.items() if n not in internal}
@@ -272,7 +288,9 @@ class TraceGO_ELBO(ELBO):
         for name in tracked:
             site = guide_trace.nodes[name]
             form = site["infer"].get("go_categorical_form", self.categorical_form)
-            discrete[name] = get_go_rule(site["fn"], form)
+            rule = get_go_rule(site["fn"], form)
+            if rule is not None and rule.kind == "discrete":
+                discrete[name] = rule
         return discrete
 
     def _internal_sites(self, guide_trace, discrete: dict) -> dict[str, list[str]]:
@@ -296,6 +314,19 @@ class TraceGO_ELBO(ELBO):
             "leaves (GO paper, appendix B.4: e.g. condition the children on continuous "
             "variables instead)"
         )
+        self._fall_back_to_score_function(name, message)
+
+    def _handle_score_function_site(self, name: str, fn, reason: str) -> None:
+        message = (
+            f"TraceGO_ELBO: guide site '{name}' has distribution "
+            f"{type(unwrap_distribution(fn)).__name__}, which has no GO gradient here ({reason}). "
+            "For GO, give it a pathwise rsample or a cdf differentiable in every "
+            "parameter, or register a rule with pyro_go.register_go_rule(YourClass, rule)"
+        )
+        self._fall_back_to_score_function(name, message)
+
+    def _fall_back_to_score_function(self, name: str, message: str) -> None:
+        """Raise (``strict``) or warn once per site that ``name`` gets the score function."""
         if self.strict:
             raise ValueError(
                 message + ", or construct TraceGO_ELBO(strict=False) to fall "
@@ -308,7 +339,7 @@ class TraceGO_ELBO(ELBO):
                 "Rao-Blackwellised like TraceGraph_ELBO (add infer={'baseline': ...} to "
                 "reduce its variance); pass strict=True to make this an error.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
 
     def _depth(self, particle: _Particle) -> int:
@@ -366,8 +397,9 @@ class TraceGO_ELBO(ELBO):
             total = total + term.sum()
         return total
 
-    def _score_terms(self, particle: _Particle, internal: dict) -> tuple:
-        """Score-function terms (and baseline losses) of discrete internal sites."""
+    def _score_terms(self, particle: _Particle, internal) -> tuple:
+        """Score-function terms (and baseline losses) of the named guide sites (discrete
+        internal sites and sites without a GO rule)."""
         surrogate = 0.0
         baseline_loss = 0.0
         model_sites = sample_sites(particle.model_trace)
@@ -395,12 +427,13 @@ class TraceGO_ELBO(ELBO):
     def _surrogate_loss(self, particle: _Particle) -> torch.Tensor:
         guide_trace = particle.guide_trace
         discrete, internal, leaves = particle.discrete, particle.internal, particle.leaves
+        scored = [*internal, *particle.score_sites]
 
         surrogate_elbo = 0.0
         for site in sample_sites(particle.model_trace).values():
             surrogate_elbo = surrogate_elbo + strip(site["log_prob_sum"])
         for name, site in latent_sites(guide_trace).items():
-            if name in discrete:
+            if name in discrete or name in particle.score_sites:
                 surrogate_elbo = surrogate_elbo - strip(site["log_prob_sum"]).detach()
             else:
                 surrogate_elbo = surrogate_elbo - guide_log_density(site, self.stick_the_landing)
@@ -409,8 +442,8 @@ class TraceGO_ELBO(ELBO):
         if leaves:
             gradient_only = gradient_only + self._go_terms(particle, leaves)
         baseline_loss = 0.0
-        if internal:
-            score, baseline_loss = self._score_terms(particle, internal)
+        if scored:
+            score, baseline_loss = self._score_terms(particle, scored)
             gradient_only = gradient_only + score
         if torch.is_tensor(gradient_only):
             surrogate_elbo = surrogate_elbo + (gradient_only - gradient_only.detach())

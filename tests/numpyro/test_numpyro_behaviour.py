@@ -124,15 +124,20 @@ class NoRuleNormal(dist.Normal):
     cdf = dist.Distribution.cdf
 
 
-def test_site_without_rule_raises_naming_it():
+def test_site_without_rule_is_named():
+    """Warned (score function) by default, an error under ``strict=True``; the
+    gradients are checked in test_numpyro_parity.py."""
+
     def model():
         numpyro.sample("w", dist.Normal(0.0, 1.0))
 
     def guide():
         numpyro.sample("w", NoRuleNormal(0.0, 1.0))
 
-    with pytest.raises(ValueError, match="guide site 'w'.*register_go_rule"):
+    with pytest.warns(UserWarning, match="guide site 'w'.*NoRuleNormal.*score-function"):
         TraceGO_ELBO().loss(jax.random.PRNGKey(0), {}, model, guide)
+    with pytest.raises(ValueError, match="guide site 'w'.*register_go_rule"):
+        TraceGO_ELBO(strict=True).loss(jax.random.PRNGKey(0), {}, model, guide)
 
 
 def test_enumerated_guide_site_raises():

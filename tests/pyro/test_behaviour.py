@@ -69,14 +69,19 @@ def test_strict_raises_for_discrete_internal_site():
 
 
 def test_site_without_rule_is_named():
+    """Warned (score function) by default, an error under ``strict=True``; the
+    gradients are checked in test_parity.py."""
+
     def model():
         pyro.sample("angle", dist.VonMises(0.0, 1.0))
 
     def guide():
         pyro.sample("angle", dist.VonMises(pyro.param("m", torch.tensor(0.0)), 2.0))
 
-    with pytest.raises(ValueError, match="guide site 'angle'.*VonMises.*register_go_rule"):
+    with pytest.warns(UserWarning, match="guide site 'angle'.*VonMises.*score-function"):
         TraceGO_ELBO().differentiable_loss(model, guide)
+    with pytest.raises(ValueError, match="guide site 'angle'.*VonMises.*register_go_rule"):
+        TraceGO_ELBO(strict=True).differentiable_loss(model, guide)
 
 
 def test_enumerated_guide_site_is_refused():
