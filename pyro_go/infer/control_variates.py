@@ -6,6 +6,14 @@ reparameterised noise ``z`` and at the conditional sample ``z̃``.  Its paramete
 Pyro's param store under ``"<site>.relax_<name>"``, so :class:`~pyro.infer.SVI` updates
 them with the user's optimizer, on the gradient of the estimator's single-sample variance
 (RELAX paper, eq. 10).
+
+The param store is the source of truth: networks are registered with
+``pyro.module(..., update_module_params=True)``, so weights found there (e.g. after
+:meth:`~pyro.params.param_store.ParamStoreDict.load` in a new process, with new
+:class:`RELAX` / :class:`Baseline` objects) replace the module's own, and a default
+network whose weights are stored is built without drawing random numbers.  A run saved
+at step ``k`` and resumed (param store, optimizer state and RNG state restored)
+therefore continues exactly as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from collections.abc import Callable, Mapping
 
 import pyro
 import torch
+from pyro.params.param_store import param_with_module_name
 from torch import nn
 from torch.distributions import constraints
 
@@ -30,6 +39,12 @@ def param_name(site: str, what: str) -> str:
 
 def _scalar(value: float, like: torch.Tensor) -> Callable[[], torch.Tensor]:
     return lambda: torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _registered(name: str, network: nn.Module) -> nn.Module:
+    """``network`` registered under ``name``, its parameters replaced by those the param
+    store already holds under that name (restored after a save and load)."""
+    return pyro.module(name, network, update_module_params=True)
 
 
 def _as_cost(site: RelaxSite, value: torch.Tensor) -> torch.Tensor:
@@ -109,6 +124,33 @@ class REBAR(ControlVariate):
 class _SliceMLP(nn.Module):
     """``D → hidden → 1`` with ``tanh``, the RELAX toy's network; ignores guide args."""
 
+    @classmethod
+    def for_site(cls, name: str, num_features: int, hidden: int, like: torch.Tensor):
+        """The default network registered under ``name``: left on the ``meta`` device
+        (not initialised, no random numbers drawn) when the param store holds all of its
+        weights, which :func:`_registered` then puts in place; else initialised as
+        usual, like ``like``."""
+        with torch.device("meta"):
+            network = cls(num_features, hidden)
+        store = pyro.get_param_store()
+        shapes = {key: param.shape for key, param in network.named_parameters()}
+        stored = {
+            key: store[param_with_module_name(name, key)].shape
+            for key in shapes
+            if param_with_module_name(name, key) in store
+        }
+        if len(stored) < len(shapes):
+            return cls(num_features, hidden).to(like)
+        if stored != shapes:
+            raise ValueError(
+                f"TraceRELAX_ELBO: the param store holds a default RELAX network '{name}' "
+                f"of another size ({', '.join(f'{k}: {tuple(v)}' for k, v in stored.items())}) "
+                f"than this site needs (hidden={hidden}, {num_features} features per slice). "
+                "Use RELAX(hidden=...) as saved, or remove the stored network's "
+                "parameters to start it afresh."
+            )
+        return network
+
     def __init__(self, num_features: int, hidden: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
@@ -168,7 +210,8 @@ class RELAX(REBAR):
         network = self._default_networks.get(site.name)
         num_features = features.shape[-1]
         if network is None:
-            network = _SliceMLP(num_features, self.hidden).to(features)
+            name = param_name(site.name, "network")
+            network = _SliceMLP.for_site(name, num_features, self.hidden, features)
             self._default_networks[site.name] = network
         elif network.layers[0].in_features != num_features:
             raise ValueError(
@@ -181,7 +224,8 @@ class RELAX(REBAR):
 
     def __call__(self, site, zeta, relaxed_cost, args, kwargs) -> torch.Tensor:
         features = site.features(zeta)
-        network = pyro.module(param_name(site.name, "network"), self._network_for(site, features))
+        name = param_name(site.name, "network")
+        network = _registered(name, self._network_for(site, features))
         value = _as_cost(site, network(features, *args, **kwargs))
         if self.rebar:
             value = value + self.concrete_term(site, zeta, relaxed_cost)
@@ -208,4 +252,4 @@ class Baseline(ControlVariate):
         if self.network is None:
             return pyro.param(name, _scalar(0.0, zeta))
         network = self.network[site.name] if isinstance(self.network, Mapping) else self.network
-        return _as_cost(site, pyro.module(name, network)(*args, **kwargs))
+        return _as_cost(site, _registered(name, network)(*args, **kwargs))

@@ -324,3 +324,67 @@ def test_conditional_sample_matches_the_conditional_law():
     assert (z_tilde.argmax(-1) == index).all()
     # pooled z̃ is Gumbel(log π): its max is Gumbel(0), with mean Euler's γ
     assert abs(z_tilde.max(-1).values.mean().item() - 0.5772) < 0.01
+
+
+# ------------------------------------------------------------------ resuming a run
+
+
+def _relax_svi(variant):
+    """An SVI run with every kind of control-variate state: a default network, ``η``
+    and the temperature (``relaxed-rebar``), or those stepped by their own optimizer."""
+    if variant == "own-optimizer":
+        control_optim = Adam({"lr": 0.1, "betas": (0.9, 0.99999)})
+        elbo = TraceRELAX_ELBO(RELAX(rebar=True), control_variate_optim=control_optim)
+    else:
+        control_optim = None
+        elbo = TraceRELAX_ELBO(CONTROL_VARIATES[variant]())
+    optim = Adam({"lr": 0.05})
+    return SVI(bernoulli_model, bernoulli_guide, optim, elbo), [optim, control_optim]
+
+
+def _stored_params():
+    return {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+
+
+@pytest.mark.parametrize("variant", ["relax", "relaxed-rebar", "baseline", "own-optimizer"])
+def test_resumed_run_matches_the_uninterrupted_run(variant, tmp_path):
+    """Saved at step 3 and resumed with new objects (param store, optimizer states and
+    RNG state loaded from disk), the run takes exactly the steps of the uninterrupted
+    run: the control variate continues from its stored weights."""
+    bernoulli_params()
+    svi, _ = _relax_svi(variant)
+    losses = [svi.step() for _ in range(6)]
+    uninterrupted = _stored_params()
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    bernoulli_params()
+    svi, optims = _relax_svi(variant)
+    resumed = [svi.step() for _ in range(3)]
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    for i, optim in enumerate(filter(None, optims)):
+        optim.save(tmp_path / f"optim{i}.pt")
+    torch.save(pyro.util.get_rng_state(), tmp_path / "rng.pt")
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(123)  # a new process
+    svi, optims = _relax_svi(variant)
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    for i, optim in enumerate(filter(None, optims)):
+        optim.load(tmp_path / f"optim{i}.pt")
+    pyro.util.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=False))
+    resumed += [svi.step() for _ in range(3)]
+
+    assert resumed == losses
+    assert any(".relax_" in name for name in uninterrupted)
+    restored = _stored_params()
+    assert restored.keys() == uninterrupted.keys()
+    for name, value in uninterrupted.items():
+        assert torch.equal(restored[name], value), name
+
+
+def test_stored_network_of_another_size_is_an_error():
+    bernoulli_params()
+    TraceRELAX_ELBO(RELAX()).differentiable_loss(bernoulli_model, bernoulli_guide)
+    with pytest.raises(ValueError, match="'z.relax_network' of another size.*hidden=5"):
+        TraceRELAX_ELBO(RELAX(hidden=5)).differentiable_loss(bernoulli_model, bernoulli_guide)
