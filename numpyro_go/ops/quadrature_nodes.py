@@ -14,7 +14,7 @@ _STEP = 1 / 8
 
 def exp_exp_rule(step: float = _STEP, t_min: float = -3.5, t_max: float = 7.0):
     """Nodes and weights for ``∫_0^∞ f(u) du`` with ``u = exp(t − e^{−t})``: suited to
-    integrands that decay exponentially on a scale of ~1 (Mori & Sugihara 2001, §4)."""
+    integrands that decay exponentially on a scale of ~1 (Mori & Sugihara 2001)."""
     t = np.arange(t_min, t_max + step / 2, step)
     u = np.exp(t - np.exp(-t))
     return u, step * u * (1 + np.exp(-t))

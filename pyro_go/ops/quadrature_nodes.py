@@ -12,8 +12,12 @@ one-sided, log-concave bump.  Going down it decays at least exponentially; going
 may first run along a plateau (small ``a``) and then falls off double-exponentially, so
 that side is split where the log-slope reaches −1: tanh-sinh on the plateau, exp-exp
 beyond it.  Both rules are trapezoidal rules after a double-exponential change of
-variables (Takahasi & Mori 1974; Mori & Sugihara 2001), exact to float64 for integrands
-analytic in a strip, and tolerant of a scale misjudged by a factor of ~30.
+variables (Takahasi & Mori 1974; Mori & Sugihara 2001), whose error falls exponentially
+with the number of nodes for integrands analytic in a strip; with a step of 1/8 they keep
+~1e-14 on model integrands whose scale is misjudged by a factor of up to ~30.  The
+scale is ``1/(|Λ'| + sqrt|Λ''|)`` where each piece starts.  Checked against 30-digit
+references (``mpmath.quad``) on 409 points with ``a`` from 1e-4 to 1e7, ``x`` from 1e-9
+to ``1 − 1e-6`` and ``b`` up to 5e10: relative error below 2e-10.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ _STEP = 1 / 8
 
 def exp_exp_rule(step: float = _STEP, t_min: float = -3.5, t_max: float = 7.0):
     """Nodes and weights for ``∫_0^∞ f(u) du`` with ``u = exp(t − e^{−t})``: suited to
-    integrands that decay exponentially on a scale of ~1 (Mori & Sugihara 2001, §4)."""
+    integrands that decay exponentially on a scale of ~1 (Mori & Sugihara 2001)."""
     t = np.arange(t_min, t_max + step / 2, step)
     u = np.exp(t - np.exp(-t))
     return u, step * u * (1 + np.exp(-t))
