@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import random
 from jax.lax import stop_gradient
 from numpyro.handlers import seed, substitute, trace
-from numpyro.infer.elbo import ELBO, MultiFrameTensor, get_nonreparam_deps
+from numpyro.infer.elbo import ELBO, MultiFrameTensor
 
 from numpyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
 from numpyro_go.handlers import go_sample
@@ -23,6 +23,7 @@ from numpyro_go.infer.trace_utils import (
     log_prob,
     replayed_model_trace,
     sample_sites,
+    score_function_deps,
 )
 from numpyro_go.ops.special import naming_count_site
 
@@ -173,8 +174,8 @@ class TraceGO_ELBO(ELBO):
 
         if discrete or scored:
             latents = {name: site["value"] for name, site in latent_sites(guide_trace).items()}
-            model_deps, guide_deps = get_nonreparam_deps(
-                model, guide, args, kwargs, param_map, latents=latents
+            model_deps, guide_deps = score_function_deps(
+                model, guide, args, kwargs, param_map, latents, scored.keys()
             )
             internal = self._internal_sites(guide_trace, discrete, guide_deps)
             leaves = {name: rule for name, rule in discrete.items() if name not in internal}

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import jax
 from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.infer.elbo import get_importance_log_probs
+from numpyro.ops.provenance import eval_provenance
 from numpyro.util import _validate_model, check_model_guide_match
 
 
@@ -48,3 +50,27 @@ def replayed_model_trace(
     check_model_guide_match(model_trace, guide_trace)
     _validate_model(model_trace, plate_warning="loose")
     return model_trace
+
+
+def score_function_deps(
+    model: Callable, guide: Callable, args, kwargs, param_map: dict, latents: dict, also
+) -> tuple[dict, dict]:
+    """:func:`numpyro.infer.elbo.get_nonreparam_deps` (for each model and guide term, the
+    sites without a pathwise sampler it depends on), also tracking the sites named in
+    ``also``: sites that have a pathwise sampler but are given the score function."""
+
+    def substitute_tracked(values: dict, msg) -> jax.Array | None:
+        name = msg["name"]
+        if name in values and (name in also or not msg["fn"].has_rsample):
+            return 0 * msg["fn"](*msg["args"], **msg["kwargs"]) + values[name]
+        return None
+
+    def log_probs(**values):
+        def tracked(fn):
+            return substitute(
+                seed(fn, rng_seed=0), substitute_fn=lambda m: substitute_tracked(values, m)
+            )
+
+        return get_importance_log_probs(tracked(model), tracked(guide), args, kwargs, param_map)
+
+    return eval_provenance(log_probs, **latents)

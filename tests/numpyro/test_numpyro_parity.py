@@ -40,7 +40,7 @@ from test_numpyro_unbiased import (
 )
 from unbiasedness import assert_unbiased
 
-from numpyro_go import TraceGO_ELBO, get_go_rule
+from numpyro_go import TraceGO_ELBO, get_go_rule, go_surrogate
 from numpyro_go.handlers import go_sample
 
 
@@ -469,3 +469,9 @@ def test_score_function_on_request_for_control_flow():
         )
     print(f"\ncontrol flow: z = {z_scores(samples, exact)}")
     assert_unbiased(samples, exact)
+
+
+def test_go_surrogate_checks_the_cdf():
+    """``go_surrogate`` names the problem where the cdf is not differentiable."""
+    with pytest.raises(ValueError, match="SampleOnlyBeta has no GO gradient.*Betainc"):
+        go_surrogate(SampleOnlyBeta(1.5, 2.0), lambda v: v, jax.random.PRNGKey(0))

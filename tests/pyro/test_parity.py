@@ -36,7 +36,7 @@ from test_unbiased import (
 )
 from torch.distributions import kl_divergence
 
-from pyro_go import TraceGO_ELBO, get_go_rule
+from pyro_go import TraceGO_ELBO, get_go_rule, go_surrogate
 from pyro_go.ops.provenance import strip
 from pyro_go.poutine import GOSampleMessenger
 
@@ -468,3 +468,14 @@ def test_score_function_on_request_for_control_flow():
         samples = gradient_samples(elbo, control_flow_model, control_flow_guide, params, 200)
     print(f"\ncontrol flow: z = {z_scores(samples, exact)}")
     assert_unbiased(samples, exact)
+
+
+def test_go_surrogate_checks_the_cdf():
+    """``go_surrogate`` uses the CDF rule where the cdf is differentiable in the
+    trained parameters and names the problem where it is not."""
+    rate = torch.tensor(1.5, requires_grad=True)
+    (grad,) = torch.autograd.grad(go_surrogate(SampleOnlyGamma(2.0, rate), lambda v: v), rate)
+    assert torch.isfinite(grad)
+    concentration = torch.tensor(2.0, requires_grad=True)
+    with pytest.raises(ValueError, match="SampleOnlyGamma has no GO gradient.*igamma"):
+        go_surrogate(SampleOnlyGamma(concentration, rate), lambda v: v)
