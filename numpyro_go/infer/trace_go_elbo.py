@@ -18,6 +18,8 @@ from numpyro_go.distributions.registry import CategoricalForm, get_go_rule
 from numpyro_go.handlers import go_sample
 from numpyro_go.infer.perturbation import LeafLayout, PerturbationReplay
 from numpyro_go.infer.trace_utils import (
+    CONCRETIZATION_ERRORS,
+    control_flow_error,
     frame_names,
     latent_sites,
     log_prob,
@@ -53,6 +55,12 @@ class TraceGO_ELBO(ELBO):
     * for each discrete guide site *with* children in the guide, which Theorem 3 does
       not cover, the score-function term Rao-Blackwellised by provenance like
       :class:`~numpyro.infer.TraceGraph_ELBO`, with a warning; ``strict=True`` raises.
+
+    JAX traces the model and guide, so a discrete value read as Python data (an ``if``
+    on it, ``int``, ``range``) cannot be followed: it raises a :class:`ValueError` that
+    names the site and the rewrites (``jnp.where``/``jax.lax.cond``, a fixed number of
+    sites with :func:`numpyro.handlers.mask`); ``pyro_go.TraceGO_ELBO`` handles such
+    programs.
 
     :param int num_particles: number of particles averaged per estimate.
     :param vectorize_particles: ``jax.vmap`` over particles (``True``), ``jax.lax.map``
@@ -140,11 +148,20 @@ class TraceGO_ELBO(ELBO):
     def _single_particle_elbo(self, key, param_map, model, guide, args, kwargs):
         model_seed, guide_seed = random.split(key)
         tracer = trace(seed(substitute(guide, data=param_map), guide_seed))
-        with go_sample(categorical_form=self.categorical_form):
-            guide_trace = tracer.get_trace(*args, **kwargs)
-        model_trace = replayed_model_trace(model, model_seed, guide_trace, param_map, args, kwargs)
-
+        try:
+            with go_sample(categorical_form=self.categorical_form):
+                guide_trace = tracer.get_trace(*args, **kwargs)
+        except CONCRETIZATION_ERRORS as error:
+            sampled = self._discrete_sites(getattr(tracer, "trace", None) or {})
+            raise control_flow_error("TraceGO_ELBO", sampled, error) from error
         discrete = self._discrete_sites(guide_trace)
+        try:
+            model_trace = replayed_model_trace(
+                model, model_seed, guide_trace, param_map, args, kwargs
+            )
+        except CONCRETIZATION_ERRORS as error:
+            raise control_flow_error("TraceGO_ELBO", discrete, error) from error
+
         elbo = jnp.zeros(())
         for site in sample_sites(model_trace).values():
             elbo = elbo + jnp.sum(log_prob(site))
@@ -156,8 +173,8 @@ class TraceGO_ELBO(ELBO):
 
         if discrete:
             latents = {name: site["value"] for name, site in latent_sites(guide_trace).items()}
-            model_deps, guide_deps = get_nonreparam_deps(
-                model, guide, args, kwargs, param_map, latents=latents
+            model_deps, guide_deps = self._dependencies(
+                model, guide, args, kwargs, param_map, latents, discrete
             )
             internal = self._internal_sites(guide_trace, discrete, guide_deps)
             leaves = {name: rule for name, rule in discrete.items() if name not in internal}
@@ -182,6 +199,27 @@ class TraceGO_ELBO(ELBO):
             if site["type"] == "mutable"
         }
         return elbo, mutable_state or None
+
+    @staticmethod
+    def _dependencies(model, guide, args, kwargs, param_map, latents, discrete):
+        """NumPyro's provenance of every model and guide term (``get_nonreparam_deps``).
+        It traces both programs with abstract latent values: a read of one as Python
+        data raises, with an error that names the site (found by tracing with only
+        that site abstract)."""
+        try:
+            return get_nonreparam_deps(model, guide, args, kwargs, param_map, latents=latents)
+        except CONCRETIZATION_ERRORS as error:
+            read = []
+            for name in discrete:
+                try:
+                    get_nonreparam_deps(
+                        model, guide, args, kwargs, param_map, latents={name: latents[name]}
+                    )
+                except CONCRETIZATION_ERRORS:
+                    read.append(name)
+                except Exception:  # noqa: BLE001 - only narrowing the error message
+                    pass
+            raise control_flow_error("TraceGO_ELBO", read or list(discrete), error) from error
 
     def _guide_term(self, site: dict) -> jax.Array:
         """``log q`` of a continuous site, with its parameters held fixed if sticking."""
@@ -263,7 +301,10 @@ class TraceGO_ELBO(ELBO):
             )
             layout = LeafLayout(name, rule, site["fn"], site["value"], site["scale"], kept)
             self.last_num_evaluations += 1 + layout.num_entries
-            delta = replay_.delta(layout, dependents)
+            try:
+                delta = replay_.delta(layout, dependents)
+            except CONCRETIZATION_ERRORS as error:
+                raise control_flow_error("TraceGO_ELBO", [name], error) from error
             total = total + rule.surrogate(layout.base_fn, site["value"], delta)
         return total
 
