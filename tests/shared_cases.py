@@ -8,7 +8,7 @@ and exact gradients from these, so both backends are held to the same problems.
 # z ~ Bern(σ(prior_logits)), x ~ N(tanh(Σ z·weights), scale), q(z) = Bern(σ(logits)).
 BERNOULLI = {
     "weights": [1.0, -2.0, 0.5, 1.5],
-    "obs": 0.7,
+    "obs": 3.0,
     "scale": 0.5,
     "prior_logits": [0.2, -0.4, 0.1, 0.3],
     "logits": [0.3, -0.2, 0.8, -1.0],
@@ -19,7 +19,7 @@ BERNOULLI = {
 CATEGORICAL = {
     "prior": [0.1, 0.2, 0.3, 0.4],
     "table": [[0.0, 1.0, -1.0, 2.0], [0.5, -0.5, 1.5, 0.0]],
-    "obs": 1.0,
+    "obs": 3.0,
     "logits": [[0.1, -0.3, 0.2, 0.0], [0.4, 0.0, -0.2, 0.1]],
 }
 
@@ -82,3 +82,35 @@ CROSS_BACKEND = {
     "bernoulli_sample": [1.0, 0.0, 0.0, 1.0],
     "count_sample": 4.0,
 }
+
+# Discrete guide sites with continuous guide children (score-function fallback).
+# M2 shape: y ~ OneHot(uniform 3), z ~ N(0, I_2), x ~ N(y·W + z, I_2);
+# q(y) = OneHot(softmax(logits)), q(z | y) = N(y·B, diag(exp(log_scale))).
+M2 = {
+    "weights": [[1.0, -0.5], [-1.0, 0.5], [0.5, 1.5]],
+    "obs": 3.0,
+    "logits": [0.2, -0.1, 0.3],
+    "locs": [[0.3, -0.2], [-0.4, 0.1], [0.2, 0.5]],
+    "log_scale": -0.5,
+}
+# Bernoulli -> Normal -> Bernoulli: y ~ Bern(1/2), z ~ N(y, 1), w ~ Bern(σ(z)),
+# x ~ N(y + 2w + z/2, 1); q(y) = Bern(σ(a)), q(z | y) = N(b0 + b1·y, exp(s)),
+# q(w | z) = Bern(σ(c·z)).
+CHAIN = {"obs": 1.5, "a": 0.3, "b0": -0.2, "b1": 0.8, "s": -0.4, "c": 1.2}
+# AIR-like: up to 3 steps; object t is present with prior 1/2 if all before it are;
+# present objects have where_t, what_t ~ N(0, 1); x ~ N(Σ present (where_t + what_t), 1).
+# q: present_t ~ Bern(σ(logits[t])) while all before are present, where_t ~
+# N(where[t], exp(log_scale)), what_t ~ N(what[t], exp(log_scale)).
+AIR = {
+    "obs": 3.0,
+    "logits": [0.5, 0.1, -0.5],
+    "where": [0.2, -0.1, 0.3],
+    "what": [0.4, 0.1, -0.2],
+    "log_scale": -0.5,
+}
+# Branching on a latent: z ~ Bern(1/2) (3 elements), x_i ~ N(loc + z_i, 1) with
+# loc = 2 if z_0 else -1 (decided in Python); q(z) = Bern(σ(logits)).
+BRANCH = {"obs": [1.0, 0.5, 2.0], "logits": [0.2, -0.3, 0.4]}
+# A count that sets how many sites follow: n ~ Poisson(2), z_i ~ Bern(0.3) for i < n,
+# x ~ N(Σ z_i, 1); q(n) = Poisson(rate), q(z_i) = Bern(σ(l0 + l1·i)).
+COUNT_SITES = {"obs": 2.0, "prior_rate": 2.0, "rate": 0.8, "l0": 0.2, "l1": -0.3}

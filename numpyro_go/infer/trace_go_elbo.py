@@ -18,6 +18,8 @@ from numpyro_go.distributions.registry import CategoricalForm, get_go_rule, unwr
 from numpyro_go.handlers import go_sample
 from numpyro_go.infer.perturbation import LeafLayout, PerturbationReplay
 from numpyro_go.infer.trace_utils import (
+    CONCRETIZATION_ERRORS,
+    control_flow_error,
     frame_names,
     latent_sites,
     log_prob,
@@ -64,6 +66,12 @@ class TraceGO_ELBO(ELBO):
       marked ``infer={"go_score_function": True}`` gets this term without a warning:
       GO, like any pathwise gradient, needs ``f`` differentiable in a continuous value,
       which fails where the value decides control flow.
+
+    JAX traces the model and guide, so a discrete value read as Python data (an ``if``
+    on it, ``int``, ``range``) cannot be followed: it raises a :class:`ValueError` that
+    names the site and the rewrites (``jnp.where``/``jax.lax.cond``, a fixed number of
+    sites with :func:`numpyro.handlers.mask`); ``pyro_go.TraceGO_ELBO`` handles such
+    programs.
 
     :param int num_particles: number of particles averaged per estimate.
     :param vectorize_particles: ``jax.vmap`` over particles (``True``), ``jax.lax.map``
@@ -154,15 +162,24 @@ class TraceGO_ELBO(ELBO):
         model_seed, guide_seed = random.split(key)
         tracer = trace(seed(substitute(guide, data=param_map), guide_seed))
         sampler = go_sample(categorical_form=self.categorical_form)
-        with sampler:
-            guide_trace = tracer.get_trace(*args, **kwargs)
+        try:
+            with sampler:
+                guide_trace = tracer.get_trace(*args, **kwargs)
+        except CONCRETIZATION_ERRORS as error:
+            sampled = self._discrete_sites(getattr(tracer, "trace", None) or {})
+            raise control_flow_error("TraceGO_ELBO", sampled, error) from error
         scored = sampler.score_function_sites
         for name, reason in scored.items():
             if reason is not None:
                 self._handle_score_function_site(name, guide_trace[name]["fn"], reason)
-        model_trace = replayed_model_trace(model, model_seed, guide_trace, param_map, args, kwargs)
-
         discrete = {n: r for n, r in self._discrete_sites(guide_trace).items() if n not in scored}
+        try:
+            model_trace = replayed_model_trace(
+                model, model_seed, guide_trace, param_map, args, kwargs
+            )
+        except CONCRETIZATION_ERRORS as error:
+            raise control_flow_error("TraceGO_ELBO", discrete, error) from error
+
         elbo = jnp.zeros(())
         for site in sample_sites(model_trace).values():
             elbo = elbo + jnp.sum(log_prob(site))
@@ -174,8 +191,8 @@ class TraceGO_ELBO(ELBO):
 
         if discrete or scored:
             latents = {name: site["value"] for name, site in latent_sites(guide_trace).items()}
-            model_deps, guide_deps = score_function_deps(
-                model, guide, args, kwargs, param_map, latents, scored.keys()
+            model_deps, guide_deps = self._dependencies(
+                model, guide, args, kwargs, param_map, latents, discrete, scored.keys()
             )
             internal = self._internal_sites(guide_trace, discrete, guide_deps)
             leaves = {name: rule for name, rule in discrete.items() if name not in internal}
@@ -200,6 +217,28 @@ class TraceGO_ELBO(ELBO):
             if site["type"] == "mutable"
         }
         return elbo, mutable_state or None
+
+    @staticmethod
+    def _dependencies(model, guide, args, kwargs, param_map, latents, discrete, scored):
+        """The provenance of every model and guide term (:func:`score_function_deps`:
+        NumPyro's ``get_nonreparam_deps``, also tracking the ``scored`` sites).  It traces
+        both programs with abstract latent values: a read of one as Python data raises,
+        with an error that names the site (found by tracing with only that site
+        abstract)."""
+        try:
+            return score_function_deps(model, guide, args, kwargs, param_map, latents, scored)
+        except CONCRETIZATION_ERRORS as error:
+            read = []
+            for name in discrete:
+                try:
+                    score_function_deps(
+                        model, guide, args, kwargs, param_map, {name: latents[name]}, scored
+                    )
+                except CONCRETIZATION_ERRORS:
+                    read.append(name)
+                except Exception:  # noqa: BLE001 - only narrowing the error message
+                    pass
+            raise control_flow_error("TraceGO_ELBO", read or list(discrete), error) from error
 
     def _guide_term(self, site: dict) -> jax.Array:
         """``log q`` of a continuous site, with its parameters held fixed if sticking."""
@@ -297,7 +336,10 @@ class TraceGO_ELBO(ELBO):
             )
             layout = LeafLayout(name, rule, site["fn"], site["value"], site["scale"], kept)
             self.last_num_evaluations += 1 + layout.num_entries
-            delta = replay_.delta(layout, dependents)
+            try:
+                delta = replay_.delta(layout, dependents)
+            except CONCRETIZATION_ERRORS as error:
+                raise control_flow_error("TraceGO_ELBO", [name], error) from error
             with naming_count_site(f"TraceGO_ELBO: guide site '{name}'"):
                 total = total + rule.surrogate(layout.base_fn, site["value"], delta)
         return total

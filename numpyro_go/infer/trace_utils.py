@@ -34,6 +34,34 @@ def log_prob(site: dict, value=None) -> jax.Array:
     return result
 
 
+#: what JAX raises when a traced value is read as Python data
+CONCRETIZATION_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+def control_flow_error(elbo: str, sites, error: Exception) -> ValueError:
+    """The error for a program that reads the value of one of the discrete ``sites`` as
+    Python data, which JAX cannot trace: it names the sites and the ways out."""
+    names = ", ".join(f"'{name}'" for name in sites)
+    if len(sites) != 1:
+        names = f"sites {names} (one of them)" if sites else "sites (none sampled yet)"
+    else:
+        names = f"site {names}"
+    return ValueError(
+        f"{elbo}: the model or guide reads the value of the discrete latent {names} "
+        "as Python data (an if, bool, int, float, range or .item() on it). JAX traces "
+        "the model and guide (under jit, to find which terms depend on which site, and "
+        "to vmap the perturbations), so latent values are not Python numbers there. "
+        "Write the branch with jnp.where or jax.lax.cond, and a count that sets how many "
+        "sites follow as a fixed maximum number of sites masked with "
+        "numpyro.handlers.mask; or use pyro_go.TraceGO_ELBO (PyTorch), which replays "
+        f"such programs one perturbation at a time. Original error: {error}"
+    )
+
+
 def frame_names(site: dict) -> set[str]:
     """Names of the plates a site lies in."""
     return {frame.name for frame in site["cond_indep_stack"]}

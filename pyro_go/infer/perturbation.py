@@ -212,6 +212,9 @@ class PerturbationReplay:
     :param depth: number of batch dims right of the stack dim (plates and particle dim).
     :param recorded: the model's provenance run; where its recorded linear outputs give
         every term that changes (:mod:`pyro_go.infer.recorded_linear`), no replay runs.
+    :param every_term: count every model term of each replay as depending on the
+        perturbed sites, including terms the base sample's run did not have (for sites
+        that decide the model's structure, replayed one perturbation at a time).
     """
 
     def __init__(
@@ -227,8 +230,10 @@ class PerturbationReplay:
         whole_first: bool = False,
         compile_likelihood: bool = False,
         recorded: RecordedRun | None = None,
+        every_term: bool = False,
     ) -> None:
         self.model = model
+        self.every_term = every_term
         self.guide_trace = guide_trace
         self.sites = sites
         self.dependents = dependents
@@ -356,11 +361,15 @@ class PerturbationReplay:
 
     def _dependent_nodes(self, model_trace: Trace, names):
         """``(name, node, affected)`` for each model sample site whose log-density
-        depends on some of the sites ``names`` (``affected``)."""
+        depends on some of the sites ``names`` (``affected``; all of them for
+        ``every_term``)."""
         for name, node in model_trace.nodes.items():
             if node["type"] != "sample" or isinstance(node["fn"], _Subsample):
                 continue
-            affected = self.dependents.get(name, frozenset()) & names
+            if self.every_term:
+                affected = frozenset(names)
+            else:
+                affected = self.dependents.get(name, frozenset()) & names
             if affected:
                 yield name, node, affected
 

@@ -48,6 +48,8 @@ class _Particle:
     discrete: dict = field(default_factory=dict)
     internal: dict[str, list[str]] = field(default_factory=dict)
     leaves: dict = field(default_factory=dict)
+    #: leaf sites that the model reads as Python data: replayed one perturbation at a time
+    structural: frozenset = frozenset()
     recorded: RecordedRun | None = None
     #: guide sites given the score function: name -> why (``None``: asked for)
     score_sites: dict[str, str | None] = field(default_factory=dict)
@@ -83,7 +85,9 @@ class TraceGO_ELBO(ELBO):
       not cover, the score-function term Rao-Blackwellised by provenance like
       :class:`~pyro.infer.TraceGraph_ELBO` (``infer={"baseline": ...}`` works the same
       way), with a one-time warning; ``strict=True`` raises instead.  Appendix B.4 of
-      [1] shows how to restructure such guides;
+      [1] shows how to restructure such guides.  Continuous children (M2's ``z | y``,
+      AIR's ``z_where``/``z_what``) keep their pathwise gradient given the discrete
+      value;
     * for each guide site with no GO rule (``Empirical``; a continuous class without
       ``rsample`` whose ``cdf`` is missing or not differentiable in some parameter),
       the same Rao-Blackwellised score-function term, with a one-time warning naming
@@ -92,6 +96,17 @@ class TraceGO_ELBO(ELBO):
       ``infer={"go_score_function": True}`` gets this term without a warning: GO, like
       any pathwise gradient, needs ``f`` differentiable in a continuous value, which
       fails where the value decides control flow.
+
+    **Python control flow.**  A discrete value that the guide or the model reads as
+    Python data (``bool``, ``int``, ``float``, ``.item()``, ``.tolist()``, an ``if``,
+    an index, a ``range`` bound) may decide which sites follow.  Every term sampled
+    after such a read counts as depending on the site read (and every model term on a
+    site the guide read).  A site the guide reads is internal (score function, its
+    cost holding every later guide and model term), even where nothing follows the
+    read in a sample.  A leaf site the model reads is replayed one perturbation at a
+    time, each replay counting every model term, including terms that exist only
+    under the perturbation: over a stack the read would steer all perturbations alike.
+    Reads by distributions' argument and support validation do not count.
 
     :param int num_particles: number of particles averaged per estimate.
     :param int max_plate_nesting: bound on nested plates (guessed if omitted).  The
@@ -105,7 +120,8 @@ class TraceGO_ELBO(ELBO):
         ``infer={"go_categorical_form": ...}``.
     :param bool vectorize_perturbations: replay the model once over a stack of all
         perturbations (default).  ``False`` replays them one at a time, for models that
-        cannot broadcast over an extra batch dim on the left.
+        cannot broadcast over an extra batch dim on the left.  Sites the model reads as
+        Python data are replayed one at a time either way.
     :param chunk_size: at most this many perturbations per replay; ``None`` for all at
         once; ``"auto"`` (default) sizes chunks so that one replay's perturbed values
         hold about 2^18 elements, which keeps the model's stacked intermediates near
@@ -209,15 +225,18 @@ class TraceGO_ELBO(ELBO):
         """
         sampler = GOSampleMessenger(self.categorical_form)
         record_linear = self.absorb_linear and self.vectorize_perturbations
-        raw_guide_trace, guide_trace, model_trace, tracked = trace_with_provenance(
+        traces = trace_with_provenance(
             sampler(guide), model, args, kwargs, self.max_plate_nesting, record_linear
         )
         scored = sampler.score_function_sites
-        discrete = self._discrete_sites(guide_trace, [n for n in tracked if n not in scored])
-        internal = self._internal_sites(guide_trace, discrete)
-        particle = _Particle(model, model_trace, guide_trace, raw_guide_trace, args, kwargs)
+        guide_trace = traces.guide_trace
+        discrete = self._discrete_sites(guide_trace, [n for n in traces.tracked if n not in scored])
+        internal = self._internal_sites(guide_trace, discrete, traces.guide_reads)
+        particle = _Particle(
+            model, traces.model_trace, guide_trace, traces.raw_guide_trace, args, kwargs
+        )
         if record_linear:
-            particle.recorded = RecordedRun(model_trace, tracked)
+            particle.recorded = RecordedRun(traces.model_trace, traces.tracked)
         particle.score_sites = scored
         for name, reason in particle.score_sites.items():
             if reason is not None:
@@ -225,6 +244,7 @@ class TraceGO_ELBO(ELBO):
         particle.discrete = discrete
         particle.internal = internal
         particle.leaves = {n: rule for n, rule in discrete.items() if n not in internal}
+        particle.structural = traces.model_reads & particle.leaves.keys()
         return particle
 
     # ------------------------------------------------------------------ public API
@@ -293,23 +313,37 @@ class TraceGO_ELBO(ELBO):
                 discrete[name] = rule
         return discrete
 
-    def _internal_sites(self, guide_trace, discrete: dict) -> dict[str, list[str]]:
+    def _internal_sites(
+        self, guide_trace, discrete: dict, guide_reads: frozenset
+    ) -> dict[str, list[str]]:
         """Discrete sites with children in the guide: name -> names of the children.
-        A child is a latent guide site whose distribution's parameters carry the
-        discrete site's provenance."""
-        children: dict[str, list[str]] = {}
+        A child is a latent guide site (discrete or continuous) whose log-density
+        carries the discrete site's provenance: its distribution's parameters were
+        computed from the site's value, or the guide read the value as Python data
+        before sampling it (its existence may depend on the value).  A site the guide
+        reads as Python data is internal even where no site follows the read in this
+        sample: another value could make sites follow, which a replay of the model
+        cannot sample (and choosing the estimator by the sampled value would bias it)."""
+        children: dict[str, list[str]] = {name: [] for name in guide_reads & discrete.keys()}
         for name, site in latent_sites(guide_trace).items():
             for parent in provenance_of(site["log_prob"]) & discrete.keys():
                 if parent != name:
                     children.setdefault(parent, []).append(name)
         for name, kids in children.items():
-            self._handle_internal_site(name, kids)
+            self._handle_internal_site(name, kids, name in guide_reads)
         return children
 
-    def _handle_internal_site(self, name: str, children: list[str]) -> None:
+    def _handle_internal_site(self, name: str, children: list[str], read: bool) -> None:
+        how = (
+            f" (the guide reads '{name}' as a Python value, so the guide's structure may "
+            "depend on it and every guide site sampled after that read counts as its child)"
+            if read
+            else ""
+        )
         message = (
             f"TraceGO_ELBO: discrete guide site '{name}' has children in the guide "
-            f"({', '.join(children)}), which statistical back-propagation (GO paper, "
+            f"({', '.join(children) or 'none in this sample'}){how}, which statistical "
+            "back-propagation (GO paper, "
             "Theorem 3) does not cover. Restructure the guide so that discrete sites are "
             "leaves (GO paper, appendix B.4: e.g. condition the children on continuous "
             "variables instead)"
@@ -353,12 +387,15 @@ class TraceGO_ELBO(ELBO):
 
     def _leaf_sites(self, particle: _Particle, leaves: dict) -> tuple[list, dict]:
         """Layouts of the discrete leaf sites and, for each model site, the leaf sites it
-        depends on (by provenance)."""
+        depends on (by provenance).  A site the model reads as Python data gets no plate
+        slices of its own: the read may mix them."""
         dependents = model_dependents(particle.model_trace, leaves.keys())
         layouts = []
         for name, rule in leaves.items():
             guide_site = particle.guide_trace.nodes[name]
-            frames = coupling_free_frames(name, guide_site, particle.model_trace, dependents)
+            frames = ()
+            if name not in particle.structural:
+                frames = coupling_free_frames(name, guide_site, particle.model_trace, dependents)
             value = plain(guide_site["value"])
             expected = guide_site["fn"].batch_shape + guide_site["fn"].event_shape
             if value.shape != expected:
@@ -371,24 +408,48 @@ class TraceGO_ELBO(ELBO):
         return layouts, dependents
 
     def _go_terms(self, particle: _Particle, leaves: dict) -> torch.Tensor:
+        """``Σ_v stop(D_v f) · ĝ_v`` over the leaf sites.  Sites that the model reads as
+        Python data (``if z.all()``, ``range(int(n))``) are replayed one perturbation at
+        a time, each replay counting every model term: over a stack, the read would
+        steer all perturbations the same way, and a perturbation may change which terms
+        exist.  The other sites' replays hold them at their sampled value."""
         layouts, dependents = self._leaf_sites(particle, leaves)
         plain_trace = plain_replay_trace(particle.raw_guide_trace, particle.model_trace)
-        replay = PerturbationReplay(
-            particle.model,
-            plain_trace,
-            layouts,
-            dependents,
-            self._depth(particle),
-            self.vectorize_perturbations,
-            self.chunk_size,
-            self.absorb_linear,
-            whole_first=self._replays_stayed_deferred,
-            compile_likelihood=self.compile_likelihood,
-            recorded=particle.recorded,
-        )
-        deltas = replay.deltas(particle.args, particle.kwargs)
-        self._replays_stayed_deferred = replay.stayed_deferred
-        self.last_num_evaluations += replay.num_entries
+        depth = self._depth(particle)
+        ordinary = [layout for layout in layouts if layout.name not in particle.structural]
+        structural = [layout for layout in layouts if layout.name in particle.structural]
+        deltas = {}
+        if ordinary:
+            replay = PerturbationReplay(
+                particle.model,
+                plain_trace,
+                ordinary,
+                dependents,
+                depth,
+                self.vectorize_perturbations,
+                self.chunk_size,
+                self.absorb_linear,
+                whole_first=self._replays_stayed_deferred,
+                compile_likelihood=self.compile_likelihood,
+                recorded=particle.recorded,
+            )
+            deltas.update(replay.deltas(particle.args, particle.kwargs))
+            self._replays_stayed_deferred = replay.stayed_deferred
+            self.last_num_evaluations += replay.num_entries
+        if structural:
+            replay = PerturbationReplay(
+                particle.model,
+                plain_trace,
+                structural,
+                dependents,
+                depth,
+                vectorize=False,
+                chunk_size=1,
+                absorb_linear=False,
+                every_term=True,
+            )
+            deltas.update(replay.deltas(particle.args, particle.kwargs))
+            self.last_num_evaluations += replay.num_entries
         total = 0.0
         for layout in layouts:
             base_fn = unwrap_distribution(layout.guide_site["fn"])

@@ -147,7 +147,7 @@ class TraceRELAX_ELBO(ELBO):
 
     def _get_trace(self, model: Callable, guide: Callable, args, kwargs) -> _Particle:
         sampler = RelaxSampleMessenger()
-        raw_guide_trace, guide_trace, model_trace, tracked = trace_with_provenance(
+        raw_guide_trace, guide_trace, model_trace, tracked, *_ = trace_with_provenance(
             sampler(guide), model, args, kwargs, self.max_plate_nesting
         )
         for name, site in latent_sites(guide_trace).items():

@@ -14,6 +14,7 @@ from pyro.util import check_model_guide_match, check_site_shape
 
 from pyro_go.infer.recorded_linear import RecordingTensor
 from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
+from pyro_go.poutine.scalar_read_messenger import ScalarReadMessenger
 
 
 def sample_sites(trace) -> dict:
@@ -64,53 +65,78 @@ def guide_log_density(site, stick_the_landing: bool) -> torch.Tensor:
 
 
 class TrackedTraces(NamedTuple):
-    """One particle's traces with provenance: ``tracked`` maps each tracked guide site to
-    its provenance-carrying value; ``guide_trace`` (pruned, log-densities computed from
-    provenance-free values, so a site's provenance names the tracked sites its
-    *parameters* depend on) and ``model_trace`` (replayed with the tracked values, so each
-    term names the tracked sites it depends on)."""
+    """One particle's traces with provenance: ``tracked`` maps each tracked (discrete)
+    guide site to its provenance-carrying value; ``guide_trace`` (pruned, log-densities
+    computed from provenance-free values, so a site's provenance names the tracked sites
+    its *parameters* depend on) and ``model_trace`` (replayed with the tracked values, so
+    each term names the tracked sites it depends on).  A site read as Python data before
+    a term was sampled counts among the term's provenance (its structure may depend on
+    it): ``guide_reads`` and ``model_reads`` name the sites the guide and the model
+    read."""
 
     raw_guide_trace: Trace
     guide_trace: Trace
     model_trace: Trace
     tracked: dict
+    guide_reads: frozenset = frozenset()
+    model_reads: frozenset = frozenset()
 
 
 def trace_with_provenance(
     guide, model, args, kwargs, max_plate_nesting, record_linear: bool = False
 ) -> TrackedTraces:
     """Runs ``guide`` (already wrapped in a sampling messenger that returns
-    :class:`~pyro_go.ops.provenance.ProvenanceTensor` values) and replays ``model``
-    against it, with Pyro's usual validation.  With ``record_linear`` the model receives
-    the tracked values as :class:`~pyro_go.infer.recorded_linear.RecordingTensor`
-    values, which record the linear layers applied to them."""
-    raw_guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    tracked = {}
+    :class:`~pyro_go.ops.provenance.ProvenanceTensor` values naming their own site for
+    the sites it tracks) and replays ``model`` against it, with Pyro's usual validation.
+    Continuous guide values computed from tracked ones keep their provenance in the
+    model.  With ``record_linear`` the model receives the tracked values as
+    :class:`~pyro_go.infer.recorded_linear.RecordingTensor` values, which record the
+    linear layers applied to them.  Both programs run under a
+    :class:`~pyro_go.poutine.scalar_read_messenger.ScalarReadMessenger`: every term
+    sampled after a tracked value was read as Python data depends on it, and the model's
+    terms on everything the guide read."""
+    guide_reads = ScalarReadMessenger()
+    raw_guide_trace = poutine.trace(guide_reads(guide)).get_trace(*args, **kwargs)
+    tracked, carried = {}, {}
     for name, node in sample_sites(raw_guide_trace).items():
         value = node["value"]
         if isinstance(value, ProvenanceTensor):
-            tracked[name] = RecordingTensor(value._t, value._provenance) if record_linear else value
+            if name in value._provenance:
+                if record_linear:
+                    value = RecordingTensor(value._t, value._provenance)
+                tracked[name] = value
+            carried[name] = value
             node["value"] = value._t
     guide_trace = prune_subsample_sites(raw_guide_trace)
     guide_trace.compute_log_prob()
+    guide_reads.mark_structure(guide_trace)
 
     replay_trace = raw_guide_trace
-    if tracked:
+    if carried:
         replay_trace = raw_guide_trace.copy()
-        for name, value in tracked.items():
+        for name, value in carried.items():
             replay_trace.nodes[name] = dict(raw_guide_trace.nodes[name], value=value)
-    model_trace = poutine.trace(poutine.replay(model, trace=replay_trace)).get_trace(
+    model_reads = ScalarReadMessenger(guide_reads.read)
+    model_trace = poutine.trace(model_reads(poutine.replay(model, trace=replay_trace))).get_trace(
         *args, **kwargs
     )
     if is_validation_enabled():
         check_model_guide_match(model_trace, raw_guide_trace, max_plate_nesting)
     model_trace = prune_subsample_sites(model_trace)
     model_trace.compute_log_prob()
+    model_reads.mark_structure(model_trace)
     if is_validation_enabled():
         for trace in (model_trace, guide_trace):
             for site in sample_sites(trace).values():
                 check_site_shape(site, max_plate_nesting)
-    return TrackedTraces(raw_guide_trace, guide_trace, model_trace, tracked)
+    return TrackedTraces(
+        raw_guide_trace,
+        guide_trace,
+        model_trace,
+        tracked,
+        frozenset(guide_reads.own_reads),
+        frozenset(model_reads.own_reads),
+    )
 
 
 def model_dependents(model_trace, names) -> dict[str, frozenset]:

@@ -5,11 +5,22 @@ The same idea as :mod:`pyro.ops.provenance` (Wingate et al. 2011), used by
 are scanned directly instead of through pytree flattening, which makes tracking about
 five times cheaper per op.  ``TraceGO_ELBO`` tracks every discrete guide value through
 the model on every step, so this cost sits on its hot path.
+
+A tracked value turned into Python data (``bool``, ``int``, ``float``, ``.item()``,
+``.tolist()``, an index or a ``range`` bound) may steer the program's control flow, which
+provenance through tensor ops cannot follow: :func:`watch_scalar_reads` reports the
+provenance of every such read to a listener
+(:class:`~pyro_go.poutine.scalar_read_messenger.ScalarReadMessenger`).
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
+from pyro.util import warn_if_inf, warn_if_nan
 
 
 class ProvenanceTensor(torch.Tensor):
@@ -35,7 +46,62 @@ class ProvenanceTensor(torch.Tensor):
         if not found:
             return result
         provenance = found[0] if len(found) == 1 else frozenset().union(*found)
+        if _listeners and func in SCALAR_READS and not _is_validation_read():
+            for listener in _listeners:
+                listener(provenance)
         return _wrap(result, provenance)
+
+
+#: tensor methods that turn a value into Python data, which may steer control flow
+SCALAR_READS = frozenset(
+    getattr(torch.Tensor, name)
+    for name in (
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__complex__",
+        "__index__",
+        "__format__",
+        "__array__",
+        "item",
+        "tolist",
+        "numpy",
+    )
+)
+
+#: functions whose reads only validate (they pass or raise): argument and support
+#: checks of distributions, and Pyro's NaN/inf warnings
+_VALIDATION_CODE = frozenset(
+    {
+        torch.distributions.Distribution.__init__.__code__,
+        warn_if_nan.__code__,
+        warn_if_inf.__code__,
+    }
+)
+
+_listeners: list[Callable[[frozenset], None]] = []
+
+
+def _is_validation_read() -> bool:
+    """Whether the Python code that made this read only validates."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_name == "__torch_function__":
+        frame = frame.f_back  # subclasses that extend ``__torch_function__``
+    if frame is None:
+        return False
+    code = frame.f_code
+    return code in _VALIDATION_CODE or code.co_name == "_validate_sample"
+
+
+@contextmanager
+def watch_scalar_reads(listener: Callable[[frozenset], None]) -> Iterator[None]:
+    """While active, ``listener(provenance)`` is called whenever a tracked value is read
+    as Python data (see :data:`SCALAR_READS`), except by validation code."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
 
 
 def _unwrap(value, found: list):
