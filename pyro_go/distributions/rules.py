@@ -245,9 +245,14 @@ class NegativeBinomialRule(VariableNablaRule):
     def variable_nabla(self, fn, value):
         probs = _stop(fn.probs)
         total_count = torch.as_tensor(fn.total_count, dtype=probs.dtype, device=probs.device)
+        # given logits, 1 − p = σ(−logits) keeps its digits where p is close to 1
+        logits = fn.__dict__.get("logits")
+        complement = None if logits is None else torch.sigmoid(-_stop(logits))
         return {
             "probs": (value + _stop(total_count)) / (1 - probs),
-            "total_count": negative_binomial_total_count_nabla(value, total_count, probs),
+            "total_count": negative_binomial_total_count_nabla(
+                value, total_count, probs, complement=complement
+            ),
         }
 
 

@@ -60,6 +60,16 @@ def test_gamma_poisson_mean_1e10():
     assert got == pytest.approx(want, rel=1e-9)
 
 
+def test_negative_binomial_logits_mean_1e10():
+    """Given logits, ``1 − p = σ(−logits)`` enters exactly (``1 − probs`` would not)."""
+    logits = f64(22.0)
+    fn = dist.NegativeBinomial(f64(5.0), logits=logits)
+    got = get_go_rule(fn).variable_nabla(fn, f64(1e10))["total_count"].item()
+    complement = torch.sigmoid(-logits).item()
+    want = nb_nabla_mpmath(1e10, 5.0, 1 - complement, complement=complement)
+    assert got == pytest.approx(want, rel=1e-9)
+
+
 def grid_head_sum(y, r, p):
     """The previous implementation: ``Σ_{k≤y}`` on a grid ``0..max(y)`` shared by all."""
     grid = torch.arange(int(y.max()) + 1, dtype=torch.float64).unsqueeze(-1)
