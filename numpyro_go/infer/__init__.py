@@ -1,7 +1,25 @@
-"""Inference: the GO ELBO and the RELAX / REBAR ELBO for NumPyro."""
+"""Inference: the GO ELBO and the RELAX / REBAR ELBO for NumPyro, and SVI steps that
+stop at a non-finite loss."""
 
+from numpyro_go.infer.checked_svi import (
+    NonFiniteLossError,
+    non_finite_sites,
+    run_checked,
+    update_checked,
+)
 from numpyro_go.infer.control_variates import REBAR, RELAX, Baseline, ControlVariate
 from numpyro_go.infer.trace_go_elbo import TraceGO_ELBO
 from numpyro_go.infer.trace_relax_elbo import TraceRELAX_ELBO
 
-__all__ = ["REBAR", "RELAX", "Baseline", "ControlVariate", "TraceGO_ELBO", "TraceRELAX_ELBO"]
+__all__ = [
+    "REBAR",
+    "RELAX",
+    "Baseline",
+    "ControlVariate",
+    "NonFiniteLossError",
+    "TraceGO_ELBO",
+    "TraceRELAX_ELBO",
+    "non_finite_sites",
+    "run_checked",
+    "update_checked",
+]
