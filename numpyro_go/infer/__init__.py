@@ -1,5 +1,12 @@
-"""Inference: the GO ELBO, and the RELAX / REBAR, RLOO and DisARM ELBOs for NumPyro."""
+"""Inference for NumPyro: the GO ELBO; the RELAX / REBAR, RLOO and DisARM ELBOs; and SVI
+steps that stop at a non-finite loss."""
 
+from numpyro_go.infer.checked_svi import (
+    NonFiniteLossError,
+    non_finite_sites,
+    run_checked,
+    update_checked,
+)
 from numpyro_go.infer.control_variates import REBAR, RELAX, Baseline, ControlVariate
 from numpyro_go.infer.trace_disarm_elbo import TraceDisARM_ELBO
 from numpyro_go.infer.trace_go_elbo import TraceGO_ELBO
@@ -11,8 +18,12 @@ __all__ = [
     "RELAX",
     "Baseline",
     "ControlVariate",
+    "NonFiniteLossError",
     "TraceDisARM_ELBO",
     "TraceGO_ELBO",
     "TraceRELAX_ELBO",
     "TraceRLOO_ELBO",
+    "non_finite_sites",
+    "run_checked",
+    "update_checked",
 ]

@@ -277,6 +277,18 @@ class TraceRELAX_ELBO(ELBO):
     larger learning rate than the model's (e.g. :func:`optax.multi_transform` on the
     names containing ``".relax_"``).
 
+    **Resuming.**  The control-variate parameters are ordinary params of the
+    ``svi_state``: a pickled ``svi_state`` (optimizer moments and key included), continued
+    by a new ``SVI`` with a new ``TraceRELAX_ELBO`` (after its ``svi.init``, which sets up
+    ``svi.get_params``), takes exactly the steps of the uninterrupted run;
+    ``svi.init(key, ..., init_params=svi.get_params(state))`` restores every parameter,
+    the control variate's included, but restarts the optimizer's moments.
+
+    Non-finite observed data known when the loss is traced, and latent model sites
+    without a guide site that ask for enumeration, raise a ``ValueError`` naming the
+    site; for a non-finite loss under ``jit`` use
+    :func:`~numpyro_go.infer.run_checked` / :func:`~numpyro_go.infer.update_checked`.
+
     Guide sites may carry fixed noise for tests, ``infer={"relax_noise": (u, v)}`` (each
     of the site's logits shape, ``+ (K,)`` for an index Categorical).  NumPyro has no
     ``OneHotCategorical``: a one-hot site is ``dist.Multinomial(total_count=1, ...)``.
@@ -418,7 +430,9 @@ class TraceRELAX_ELBO(ELBO):
             guide_trace = trace(seed(substitute(guide, data=param_map), guide_seed)).get_trace(
                 *args, **kwargs
             )
-        model_trace = replayed_model_trace(model, model_seed, guide_trace, param_map, args, kwargs)
+        model_trace = replayed_model_trace(
+            model, model_seed, guide_trace, param_map, args, kwargs, "TraceRELAX_ELBO"
+        )
 
         relax_sites = sampler.kinds
         elbo = jnp.zeros(())

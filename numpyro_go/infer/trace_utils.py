@@ -11,6 +11,9 @@ from numpyro.infer.elbo import get_importance_log_probs
 from numpyro.ops.provenance import eval_provenance
 from numpyro.util import _validate_model, check_model_guide_match
 
+from numpyro_go.handlers import refuse_model_enumeration
+from numpyro_go.infer.non_finite import check_observations
+
 
 def sample_sites(trace_: dict) -> dict:
     """The trace's sample sites, by name."""
@@ -68,13 +71,23 @@ def frame_names(site: dict) -> set[str]:
 
 
 def replayed_model_trace(
-    model: Callable, model_seed, guide_trace: dict, param_map: dict, args, kwargs
+    model: Callable,
+    model_seed,
+    guide_trace: dict,
+    param_map: dict,
+    args,
+    kwargs,
+    elbo: str = "TraceGO_ELBO",
 ) -> dict:
     """The model's trace with the guide's values, checked against the guide the way
-    NumPyro's ``Trace_ELBO`` checks it."""
+    NumPyro's ``Trace_ELBO`` checks it; raises a :class:`ValueError` naming the site (in
+    the words of ``elbo``) for enumerated model sites without a guide site and for
+    non-finite observed data (where it is known at trace time)."""
     model_trace = trace(
         substitute(replay(seed(model, model_seed), guide_trace), data=param_map)
     ).get_trace(*args, **kwargs)
+    refuse_model_enumeration(model_trace, guide_trace, elbo)
+    check_observations(model_trace, elbo)
     check_model_guide_match(model_trace, guide_trace)
     _validate_model(model_trace, plate_warning="loose")
     return model_trace

@@ -141,7 +141,9 @@ class MultiSampleScoreELBO(ELBO):
 
     def _get_trace(self, model: Callable, guide: Callable, args, kwargs, partner=None) -> Run:
         sampler = self._sampler(partner)
-        traces = trace_with_provenance(sampler(guide), model, args, kwargs, self.max_plate_nesting)
+        traces = trace_with_provenance(
+            sampler(guide), model, args, kwargs, self.max_plate_nesting, elbo=type(self).__name__
+        )
         return Run(traces, sampler.noise)
 
     def _get_traces(self, model, guide, args, kwargs):

@@ -16,6 +16,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.util import warn_if_nan
 
 from pyro_go.distributions.registry import CategoricalForm, get_go_rule, unwrap_distribution
+from pyro_go.infer.non_finite import check_finite_loss
 from pyro_go.infer.perturbation import DiscreteLeafSite, PerturbationReplay
 from pyro_go.infer.recorded_linear import RecordedRun
 from pyro_go.infer.trace_utils import (
@@ -289,7 +290,11 @@ class TraceGO_ELBO(ELBO):
         self.last_num_evaluations = 0
         surrogate_loss = 0.0
         for particle in self._get_traces(model, guide, args, kwargs):
-            surrogate_loss = surrogate_loss + self._surrogate_loss(particle) / self.num_particles
+            particle_loss = self._surrogate_loss(particle)
+            check_finite_loss(
+                particle_loss, particle.model_trace, particle.guide_trace, "TraceGO_ELBO"
+            )
+            surrogate_loss = surrogate_loss + particle_loss / self.num_particles
         return surrogate_loss
 
     # ------------------------------------------------------------------ estimator

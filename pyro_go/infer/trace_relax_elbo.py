@@ -18,6 +18,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.util import warn_if_nan
 
 from pyro_go.infer.control_variates import RELAX, ControlVariate
+from pyro_go.infer.non_finite import check_finite_loss
 from pyro_go.infer.relax_site import RelaxSite, relaxed_log_prob
 from pyro_go.infer.trace_utils import (
     coupling_free_frames,
@@ -90,6 +91,18 @@ class TraceRELAX_ELBO(ELBO):
     tensors), so give each its own param store or rename the sites
     (:func:`pyro.contrib.autoname.scope`) to compare estimators side by side.
 
+    The param store is the control variate's whole state: a run saved with
+    ``pyro.get_param_store().save(path)`` (and the optimizers' ``save``) and resumed in a
+    new process with new ``RELAX()`` / ``TraceRELAX_ELBO`` objects, after ``load``-ing
+    both and restoring the RNG state, takes exactly the steps of the uninterrupted run:
+    stored network weights replace the new networks' own
+    (:mod:`pyro_go.infer.control_variates`).
+
+    Non-finite observed data, and a non-finite loss or variance objective, raise a
+    :class:`ValueError` naming the sites before anything is back-propagated, so the
+    param store is left as it was; so does a latent model site without a guide site
+    that asks for enumeration (written for :class:`~pyro.infer.TraceEnum_ELBO`).
+
     After each gradient estimate :attr:`last_variance` maps each site to ``Σ ĝ_l²``
     averaged over particles: the single-sample estimate of ``tr Var ĝ_l + |E ĝ_l|²``
     that the control variate is trained to minimise.
@@ -148,7 +161,7 @@ class TraceRELAX_ELBO(ELBO):
     def _get_trace(self, model: Callable, guide: Callable, args, kwargs) -> _Particle:
         sampler = RelaxSampleMessenger()
         raw_guide_trace, guide_trace, model_trace, tracked, *_ = trace_with_provenance(
-            sampler(guide), model, args, kwargs, self.max_plate_nesting
+            sampler(guide), model, args, kwargs, self.max_plate_nesting, elbo="TraceRELAX_ELBO"
         )
         for name, site in latent_sites(guide_trace).items():
             for parent in provenance_of(site["log_prob"]) & tracked.keys():
@@ -243,6 +256,9 @@ class TraceRELAX_ELBO(ELBO):
             hide = poutine.block() if self.control_variate_optim else contextlib.nullcontext()
             with hide, poutine.trace(param_only=True) as capture:
                 particle_loss, variance = self._particle_estimate(particle)
+            traces = particle.model_trace, particle.guide_trace
+            check_finite_loss(particle_loss, *traces, "TraceRELAX_ELBO")
+            check_finite_loss(variance, *traces, "TraceRELAX_ELBO", "the variance objective")
             surrogate_loss = surrogate_loss + particle_loss / self.num_particles
             params = [node["value"].unconstrained() for node in capture.trace.nodes.values()]
             params = [param for param in params if param.requires_grad]

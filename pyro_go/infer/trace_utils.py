@@ -12,8 +12,10 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_model_guide_match, check_site_shape
 
+from pyro_go.infer.non_finite import check_observations
 from pyro_go.infer.recorded_linear import RecordingTensor
 from pyro_go.ops.provenance import ProvenanceTensor, provenance_of, strip
+from pyro_go.poutine.enumeration import refuse_model_enumeration
 from pyro_go.poutine.scalar_read_messenger import ScalarReadMessenger
 
 
@@ -83,11 +85,19 @@ class TrackedTraces(NamedTuple):
 
 
 def trace_with_provenance(
-    guide, model, args, kwargs, max_plate_nesting, record_linear: bool = False
+    guide,
+    model,
+    args,
+    kwargs,
+    max_plate_nesting,
+    record_linear: bool = False,
+    elbo: str = "TraceGO_ELBO",
 ) -> TrackedTraces:
     """Runs ``guide`` (already wrapped in a sampling messenger that returns
     :class:`~pyro_go.ops.provenance.ProvenanceTensor` values naming their own site for
-    the sites it tracks) and replays ``model`` against it, with Pyro's usual validation.
+    the sites it tracks) and replays ``model`` against it, with Pyro's usual validation,
+    and raises a :class:`ValueError` naming the site (in the words of ``elbo``) for
+    enumerated model sites without a guide site and for non-finite observed data.
     Continuous guide values computed from tracked ones keep their provenance in the
     model.  With ``record_linear`` the model receives the tracked values as
     :class:`~pyro_go.infer.recorded_linear.RecordingTensor` values, which record the
@@ -120,8 +130,10 @@ def trace_with_provenance(
     model_trace = poutine.trace(model_reads(poutine.replay(model, trace=replay_trace))).get_trace(
         *args, **kwargs
     )
+    refuse_model_enumeration(model_trace, raw_guide_trace, elbo)
     if is_validation_enabled():
         check_model_guide_match(model_trace, raw_guide_trace, max_plate_nesting)
+    check_observations(model_trace, elbo)
     model_trace = prune_subsample_sites(model_trace)
     model_trace.compute_log_prob()
     model_reads.mark_structure(model_trace)

@@ -12,8 +12,9 @@ from numpyro import handlers
 from numpyro.infer import SVI
 from unbiasedness import assert_unbiased
 
-from numpyro_go import TraceGO_ELBO, go_surrogate
+from numpyro_go import RELAX, TraceGO_ELBO, TraceRELAX_ELBO, go_surrogate
 from numpyro_go.distributions import GOPoisson
+from numpyro_go.infer import NonFiniteLossError, run_checked, update_checked
 
 
 def count_model(data):
@@ -226,3 +227,115 @@ def test_go_surrogate_value_and_errors():
         go_surrogate(fn, jnp.sum)
     with pytest.raises(ValueError, match="pathwise sampler"):
         go_surrogate(dist.Normal(0.0, 1.0), jnp.sum, value=jnp.array(0.0))
+
+
+# ------------------------------------------------------- non-finite data and losses
+
+
+def _svi(elbo_name, model, guide, optim=None):
+    optim = numpyro.optim.Adam(0.1) if optim is None else optim
+    if elbo_name == "relax":
+        elbo = TraceRELAX_ELBO(RELAX())
+        guide = elbo.wrap_guide(guide)
+    else:
+        elbo = TraceGO_ELBO()
+    return SVI(model, guide, optim, elbo)
+
+
+def normal_means_model(data, mask=True):
+    with numpyro.plate("data", data.shape[0]):
+        z = numpyro.sample("z", dist.Bernoulli(0.5))
+        numpyro.sample("x", dist.Normal(2.0 * z - 1.0, 1.0).mask(mask), obs=data)
+
+
+def normal_means_guide(data, mask=True):
+    logits = numpyro.param("logits", jnp.zeros(data.shape[0]))
+    with numpyro.plate("data", data.shape[0]):
+        numpyro.sample("z", dist.Bernoulli(logits=logits))
+
+
+INF_DATA = jnp.array([0.5, jnp.inf, 2.0])
+
+
+@pytest.mark.parametrize("elbo", ["go", "relax"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_non_finite_observation_is_named_when_traced(elbo, masked):
+    """``svi.update`` and ``svi.run`` (which closes over its data) see the data when the
+    ELBO is traced: ``inf``, masked or not, raises naming the site."""
+    svi = _svi(elbo, normal_means_model, normal_means_guide)
+    mask = jnp.array([True, not masked, True])
+    state = svi.init(jax.random.PRNGKey(0), DATA[:3], mask)
+    match = "observed site 'x' \\(1 of 3 values, e.g. inf at \\(1,\\)\\)"
+    with pytest.raises(ValueError, match=match):
+        svi.update(state, INF_DATA, mask)
+    with pytest.raises(ValueError, match=match):
+        svi.run(jax.random.PRNGKey(0), 2, INF_DATA, mask, progress_bar=False)
+
+
+def test_update_checked_names_data_hidden_by_jit():
+    """Under ``jax.jit(svi.update)`` the data are abstract when traced; update_checked
+    sees the non-finite loss and names the site, keeping the state before the step."""
+    svi = _svi("go", normal_means_model, normal_means_guide)
+    state = svi.init(jax.random.PRNGKey(0), DATA[:3])
+    update = jax.jit(svi.update)
+    state, _ = update_checked(svi, state, DATA[:3], update_fn=update)
+    with pytest.raises(NonFiniteLossError, match="observed site 'x'.*model site 'x'") as error:
+        update_checked(svi, state, INF_DATA, update_fn=update)
+    assert error.value.state is state
+    _, loss = update_checked(svi, error.value.state, DATA[:3], update_fn=update)
+    assert np.isfinite(float(loss))
+
+
+def drifting_model(data):
+    """``a`` climbs (the factor ``10 a``) into ``log(1 − a)``'s nan region at step 3."""
+    normal_means_model(data)
+    a = numpyro.param("a", 0.0)
+    numpyro.factor("constraint", 10.0 * a + jnp.log(1.0 - a))
+
+
+@pytest.mark.parametrize("elbo", ["go", "relax"])
+def test_run_checked_stops_at_the_first_non_finite_step(elbo):
+    svi = _svi(elbo, drifting_model, normal_means_guide, numpyro.optim.SGD(0.05))
+    with pytest.raises(NonFiniteLossError, match="step 3.*model site 'constraint'") as error:
+        run_checked(svi, jax.random.PRNGKey(0), 6, DATA[:3])
+    assert error.value.step == 3
+    params = svi.get_params(error.value.state)
+    assert all(np.all(np.isfinite(value)) for value in jax.tree.leaves(params))
+    assert 1.0 < float(params["a"]) < 1.01  # where step 3 started
+    if elbo == "go":  # without the drift every step is taken
+        svi = _svi(elbo, normal_means_model, normal_means_guide)
+        result = run_checked(svi, jax.random.PRNGKey(0), 6, DATA[:3])
+        assert result.losses.shape == (6,) and np.all(np.isfinite(result.losses))
+        assert not np.allclose(result.params["logits"], 0.0)
+
+
+# ------------------------------------- model-side enumeration (TraceEnum_ELBO models)
+
+MIXTURE_DATA = jnp.array([-2.1, -1.9, 2.0, 2.2, 1.8])
+
+
+def mixture_model(data):
+    """As ``config_enumerate`` (numpyro.contrib.funsor) would mark it."""
+    weights = numpyro.param("weights", jnp.ones(2) / 2, constraint=dist.constraints.simplex)
+    locs = numpyro.sample("locs", dist.Normal(0.0, 10.0).expand([2]).to_event(1))
+    with numpyro.plate("data", data.shape[0]):
+        assignment = numpyro.sample(
+            "assignment", dist.Categorical(weights), infer={"enumerate": "parallel"}
+        )
+        numpyro.sample("obs", dist.Normal(locs[assignment], 1.0), obs=data)
+
+
+def mixture_guide(data):
+    locs = numpyro.param("locs_loc", jnp.array([-1.0, 1.0]))
+    numpyro.sample("locs", dist.Normal(locs, 0.1).to_event(1))
+
+
+@pytest.mark.parametrize("elbo", ["go", "relax"])
+def test_model_side_enumeration_is_refused(elbo):
+    """A mixture written for TraceEnum_ELBO: the assignments have no guide site, and
+    drawing them from the prior would be another objective (the components collapse)."""
+    svi = _svi(elbo, mixture_model, mixture_guide)
+    match = "model site 'assignment' asks for enumeration.*no guide site.*TraceEnum_ELBO"
+    state = svi.init(jax.random.PRNGKey(0), MIXTURE_DATA)
+    with pytest.raises(ValueError, match=match):
+        svi.update(state, MIXTURE_DATA)

@@ -11,10 +11,10 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from conftest import assert_unbiased, exact_gradient, gradient_samples
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 
-from pyro_go import TraceGO_ELBO
+from pyro_go import RELAX, TraceGO_ELBO, TraceRELAX_ELBO
 
 # ----------------------------------------------- discrete internal site (fallback)
 
@@ -116,20 +116,95 @@ def test_non_broadcasting_model_gets_a_clear_error_and_a_way_out():
     assert pyro.param("q").unconstrained().grad is not None
 
 
-def test_nan_loss_warns():
-    def model():
-        pyro.sample("z", dist.Poisson(3.0))
-        pyro.factor("bad", torch.tensor(float("nan")))
+ELBOS = {"go": TraceGO_ELBO, "relax": lambda: TraceRELAX_ELBO(RELAX())}
 
-    def guide():
-        pyro.sample(
-            "z",
-            dist.Poisson(pyro.param("r", torch.tensor(2.0), constraint=dist.constraints.positive)),
-        )
 
-    pyro.enable_validation(False)  # validation would reject the factor before the loss
-    with pytest.warns(UserWarning, match="Encountered NaN: loss"):
-        TraceGO_ELBO().loss_and_grads(model, guide)
+def normal_means_model(data, mask=True):
+    with pyro.plate("data", len(data)):
+        z = pyro.sample("z", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Normal(2.0 * z - 1.0, 1.0).mask(mask), obs=data)
+
+
+def normal_means_guide(data, mask=True):
+    logits = pyro.param("logits", torch.zeros(len(data)))
+    with pyro.plate("data", len(data)):
+        pyro.sample("z", dist.Bernoulli(logits=logits))
+
+
+def _params():
+    return {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+
+
+def _assert_step_refused(svi, data, match, **kwargs):
+    svi.step(torch.tensor([0.5, -1.0, 2.0]), **kwargs)  # creates every parameter
+    before = _params()
+    with pytest.raises(ValueError, match=match):
+        svi.step(data, **kwargs)
+    after = _params()
+    assert after.keys() == before.keys()
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name  # the param store is untouched
+
+
+@pytest.mark.parametrize("elbo", list(ELBOS))
+@pytest.mark.parametrize("masked", [False, True])
+def test_non_finite_observation_is_named_before_any_step(elbo, masked):
+    """``inf`` passes Pyro's support check for a Normal; masked or not, it would make the
+    gradient nan.  The step raises naming the site and leaves the param store as it was."""
+    svi = SVI(normal_means_model, normal_means_guide, Adam({"lr": 0.1}), ELBOS[elbo]())
+    data = torch.tensor([0.5, float("inf"), 2.0])
+    mask = torch.tensor([True, not masked, True])
+    _assert_step_refused(
+        svi, data, "observed site 'x' \\(1 of 3 values, e.g. inf at \\(1,\\)\\)", mask=mask
+    )
+
+
+def bad_factor_model(data):
+    normal_means_model(data)
+    penalty = pyro.param("penalty", torch.tensor(1.0))
+    pyro.factor("constraint", torch.log(penalty - 1.0))  # -inf at the initial value
+
+
+@pytest.mark.parametrize("elbo", list(ELBOS))
+def test_non_finite_loss_names_the_site_before_any_step(elbo):
+    svi = SVI(bad_factor_model, normal_means_guide, Adam({"lr": 0.1}), ELBOS[elbo]())
+    data = torch.tensor([0.5, -1.0, 2.0])
+    with pytest.raises(ValueError, match="model site 'constraint' \\(log-density -inf\\)"):
+        svi.step(data)
+    assert pyro.param("penalty").item() == 1.0
+    assert pyro.param("logits").tolist() == [0.0, 0.0, 0.0]
+    assert all(value.grad is None for value in pyro.get_param_store().values())
+
+
+# ------------------------------------- model-side enumeration (TraceEnum_ELBO models)
+
+MIXTURE_DATA = torch.tensor([-2.1, -1.9, 2.0, 2.2, 1.8])
+
+
+@config_enumerate
+def mixture_model(data):
+    weights = pyro.param("weights", torch.ones(2) / 2, constraint=dist.constraints.simplex)
+    locs = pyro.sample("locs", dist.Normal(0.0, 10.0).expand([2]).to_event(1))
+    with pyro.plate("data", len(data)):
+        assignment = pyro.sample("assignment", dist.Categorical(weights))
+        pyro.sample("obs", dist.Normal(locs[assignment], 1.0), obs=data)
+
+
+def mixture_guide(data):
+    locs = pyro.param("locs_loc", torch.tensor([-1.0, 1.0]))
+    pyro.sample("locs", dist.Normal(locs, 0.1).to_event(1))
+
+
+@pytest.mark.parametrize("elbo", list(ELBOS))
+def test_model_side_enumeration_is_refused(elbo):
+    """A mixture written for TraceEnum_ELBO: the assignments have no guide site, and
+    drawing them from the prior would be another objective (the components collapse)."""
+    match = "model site 'assignment' asks for enumeration.*no guide site.*TraceEnum_ELBO"
+    with pytest.raises(ValueError, match=match):
+        ELBOS[elbo]().differentiable_loss(mixture_model, mixture_guide, MIXTURE_DATA)
+    TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
+        mixture_model, mixture_guide, MIXTURE_DATA
+    )
 
 
 # ---------------------------------------------- equivalence of the replay modes
