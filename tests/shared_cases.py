@@ -114,3 +114,15 @@ BRANCH = {"obs": [1.0, 0.5, 2.0], "logits": [0.2, -0.3, 0.4]}
 # A count that sets how many sites follow: n ~ Poisson(2), z_i ~ Bern(0.3) for i < n,
 # x ~ N(Σ z_i, 1); q(n) = Poisson(rate), q(z_i) = Bern(σ(l0 + l1·i)).
 COUNT_SITES = {"obs": 2.0, "prior_rate": 2.0, "rate": 0.8, "l0": 0.2, "l1": -0.3}
+
+# A discrete internal site in a subsampled plate (the score-function fallback):
+# z_n ~ Bern(prior), z2_n ~ Bern(0.3 + 0.4 z_n), x_n ~ N(z_n + 2 z2_n, 1) observed;
+# q(z_n) = Bern(σ(logits_n)), q(z2_n | z_n) = Bern(σ(child_logits[z_n])).  A subsample of
+# ``subsample_size`` of the ``len(data)`` points scales the costs by N/B, once.
+SUBSAMPLED_CHAIN = {
+    "data": [0.3, 1.8, -0.4, 2.5, 1.1, 0.0],
+    "prior": 0.4,
+    "logits": [-1.0, -0.6, -0.2, 0.2, 0.6, 1.0],
+    "child_logits": [-0.5, 0.8],
+    "subsample_size": 3,
+}

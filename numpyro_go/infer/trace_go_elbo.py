@@ -361,5 +361,8 @@ class TraceGO_ELBO(ELBO):
                     cost.add((site["cond_indep_stack"], -stop_gradient(log_prob(site))))
             site = guide_sites[name]
             downstream_cost = cost.sum_to(site["cond_indep_stack"])
-            surrogate = surrogate + jnp.sum(log_prob(site) * stop_gradient(downstream_cost))
+            # the costs carry the plates' scales already: an unscaled score (as Pyro's
+            # ScoreParts) keeps a subsample's scale from counting twice
+            score = log_prob(site, scaled=False)
+            surrogate = surrogate + jnp.sum(score * stop_gradient(downstream_cost))
         return surrogate

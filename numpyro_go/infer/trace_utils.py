@@ -25,14 +25,16 @@ def latent_sites(trace_: dict) -> dict:
     return {name: site for name, site in sample_sites(trace_).items() if not site["is_observed"]}
 
 
-def log_prob(site: dict, value=None) -> jax.Array:
-    """Scaled ``log_prob`` of a sample site (at ``value`` if given)."""
+def log_prob(site: dict, value=None, scaled: bool = True) -> jax.Array:
+    """``log_prob`` of a sample site (at ``value`` if given), times the site's scale
+    unless ``scaled=False`` (a score function's ``log q``: the scale belongs to the
+    costs it multiplies, as in Pyro's ``ScoreParts``)."""
     value = site["value"] if value is None else value
     if site["intermediates"] and value is site["value"]:
         result = site["fn"].log_prob(value, site["intermediates"])
     else:
         result = site["fn"].log_prob(value)
-    if site["scale"] is not None:
+    if scaled and site["scale"] is not None:
         result = site["scale"] * result
     return result
 

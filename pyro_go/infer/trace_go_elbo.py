@@ -486,7 +486,9 @@ class TraceGO_ELBO(ELBO):
             if use_baseline:
                 downstream_cost = downstream_cost - baseline
                 baseline_loss = baseline_loss + site_baseline_loss
-            score = strip(guide_site["log_prob"])
+            # the costs carry the plates' scales already: the score is unscaled (as in
+            # Pyro's ScoreParts), or a subsample's scale would count twice
+            score = strip(guide_site["unscaled_log_prob"])
             surrogate = surrogate + (score * downstream_cost.detach()).sum()
         return surrogate, baseline_loss
 

@@ -12,7 +12,7 @@ import numpyro.distributions as dist
 import pytest
 from jax_helpers import exact_gradient, gradient_samples
 from numpyro import handlers
-from shared_cases import AIR, CHAIN, M2
+from shared_cases import AIR, CHAIN, M2, SUBSAMPLED_CHAIN
 from unbiasedness import assert_unbiased
 
 from numpyro_go import TraceGO_ELBO
@@ -171,3 +171,55 @@ def air_exact_neg_elbo(params):
 def test_air_like_chain():
     samples = fallback_samples(air_model, air_guide, AIR_PARAMS, 1500)
     assert_unbiased(samples, exact_gradient(air_exact_neg_elbo, AIR_PARAMS))
+
+
+# ------------------------------- a subsampled plate scales the fallback's costs once
+
+
+def subsampled_chain_model(subsample_size):
+    case = SUBSAMPLED_CHAIN
+    data = jnp.array(case["data"])
+    with numpyro.plate("data", len(data), subsample_size=subsample_size) as index:
+        z = numpyro.sample("z", dist.Bernoulli(case["prior"]))
+        z2 = numpyro.sample("z2", dist.Bernoulli(0.3 + 0.4 * z))
+        numpyro.sample("x", dist.Normal(z + 2 * z2, 1.0), obs=data[index])
+
+
+def subsampled_chain_guide(subsample_size):
+    case = SUBSAMPLED_CHAIN
+    logits = numpyro.param("logits", jnp.array(case["logits"]))
+    child_logits = jnp.array(case["child_logits"])
+    with numpyro.plate("data", len(case["data"]), subsample_size=subsample_size) as index:
+        z = numpyro.sample("z", dist.Bernoulli(logits=logits[index]))
+        numpyro.sample("z2", dist.Bernoulli(logits=child_logits[z]))
+
+
+def subsampled_chain_exact_neg_elbo(params):
+    """The full-plate negative ELBO, by enumerating each point's (z, z2)."""
+    case = SUBSAMPLED_CHAIN
+    total = 0.0
+    for a in (0, 1):
+        for b in (0, 1):
+            log_q = dist.Bernoulli(logits=params["logits"]).log_prob(a) + dist.Bernoulli(
+                logits=case["child_logits"][a]
+            ).log_prob(b)
+            log_p = (
+                dist.Bernoulli(case["prior"]).log_prob(a)
+                + dist.Bernoulli(0.3 + 0.4 * a).log_prob(b)
+                + dist.Normal(a + 2.0 * b, 1.0).log_prob(jnp.array(case["data"]))
+            )
+            total = total + jnp.sum(jnp.exp(log_q) * (log_p - log_q))
+    return -total
+
+
+def test_subsampled_plate_scales_the_score_function_once():
+    """Regression: the score term multiplied a scaled ``log q`` by costs that carry the
+    plate's scale already, so a subsample of half doubled the gradient."""
+    params = {"logits": jnp.array(SUBSAMPLED_CHAIN["logits"])}
+    size = SUBSAMPLED_CHAIN["subsample_size"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback warning
+        samples = gradient_samples(
+            TraceGO_ELBO(), subsampled_chain_model, subsampled_chain_guide, params, 3000, size
+        )
+    assert_unbiased(samples, exact_gradient(subsampled_chain_exact_neg_elbo, params))

@@ -2,6 +2,7 @@
 score-function fallback (Rao-Blackwellised by provenance) is unbiased, and the
 continuous children keep their pathwise gradient."""
 
+import itertools
 import math
 import warnings
 
@@ -12,7 +13,7 @@ import pyro.poutine as poutine
 import pytest
 import torch
 from conftest import assert_unbiased, exact_gradient, gradient_samples
-from shared_cases import AIR, CHAIN, M2
+from shared_cases import AIR, CHAIN, M2, SUBSAMPLED_CHAIN
 
 from pyro_go import TraceGO_ELBO
 
@@ -218,3 +219,59 @@ def test_every_discrete_site_with_children_uses_the_fallback():
     named = {str(w.message).split("'")[1] for w in caught}
     assert named == {f"present_{t}" for t in range(STEPS)}
     assert elbo.last_num_evaluations == 0
+
+
+# ------------------------------- a subsampled plate scales the fallback's costs once
+
+
+def subsampled_chain_model(subsample_size):
+    case = SUBSAMPLED_CHAIN
+    data = torch.tensor(case["data"])
+    with pyro.plate("data", len(data), subsample_size=subsample_size) as index:
+        z = pyro.sample("z", dist.Bernoulli(case["prior"]))
+        z2 = pyro.sample("z2", dist.Bernoulli(0.3 + 0.4 * z))
+        pyro.sample("x", dist.Normal(z + 2 * z2, 1.0), obs=data[index])
+
+
+def subsampled_chain_guide(subsample_size):
+    case = SUBSAMPLED_CHAIN
+    logits = pyro.param("logits", torch.tensor(case["logits"]))
+    child_logits = torch.tensor(case["child_logits"])
+    with pyro.plate("data", len(case["data"]), subsample_size=subsample_size) as index:
+        z = pyro.sample("z", dist.Bernoulli(logits=logits[index]))
+        pyro.sample("z2", dist.Bernoulli(logits=child_logits[z.long()]))
+
+
+def subsampled_chain_exact_neg_elbo():
+    """The full-plate negative ELBO, by enumerating each point's (z, z2)."""
+    case = SUBSAMPLED_CHAIN
+    logits = pyro.param("logits")
+    total = 0.0
+    for n, obs in enumerate(case["data"]):
+        for a, b in itertools.product([0.0, 1.0], repeat=2):
+            z, z2 = torch.tensor(a), torch.tensor(b)
+            log_q = dist.Bernoulli(logits=logits[n]).log_prob(z) + dist.Bernoulli(
+                logits=torch.tensor(case["child_logits"][int(a)])
+            ).log_prob(z2)
+            log_p = (
+                dist.Bernoulli(case["prior"]).log_prob(z)
+                + dist.Bernoulli(0.3 + 0.4 * z).log_prob(z2)
+                + dist.Normal(z + 2 * z2, 1.0).log_prob(torch.tensor(obs))
+            )
+            total = total + log_q.exp() * (log_p - log_q)
+    return -total
+
+
+def test_subsampled_plate_scales_the_score_function_once():
+    """Regression: the score term multiplied a scaled ``log q`` by costs that carry the
+    plate's scale already, so a subsample of half doubled the gradient."""
+    subsampled_chain_guide(None)
+    params = [pyro.param("logits").unconstrained()]
+    exact = exact_gradient(subsampled_chain_exact_neg_elbo(), params)
+    size = SUBSAMPLED_CHAIN["subsample_size"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        samples = gradient_samples(
+            TraceGO_ELBO(), subsampled_chain_model, subsampled_chain_guide, params, 3000, size
+        )
+    assert_unbiased(samples, exact)
