@@ -62,3 +62,41 @@ def test_wallclock_benchmarks_quick():
 def test_numpyro_benchmarks_quick():
     assert "numpyro_go.TraceGO_ELBO" in run("benchmarks/numpyro_vae_step_time.py", "--quick")
     assert "numpyro_go.TraceGO_ELBO" in run("benchmarks/numpyro_variance_toys.py", "--quick")
+
+
+def test_distributed_demo_runs_as_one_process():
+    out = run(
+        "examples/distributed_discrete_vae.py",
+        "--steps",
+        "4",
+        "--log-every",
+        "2",
+        "--batch-size",
+        "10",
+    )
+    assert "1 rank(s)" in out and "validation ELBO per image" in out
+
+
+def _torchrun(*args: str) -> str:
+    pytest.importorskip("torch.distributed")
+    from distributed.spawn import free_port, require_gloo
+
+    require_gloo()
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node=2")
+    address = ("--master_addr=127.0.0.1", f"--master_port={free_port()}")
+    return run(*launcher, *address, "examples/distributed_discrete_vae.py", *args)
+
+
+def test_distributed_demo_runs_on_two_ranks_with_torchrun():
+    out = _torchrun("--steps", "2", "--log-every", "1", "--batch-size", "10")
+    assert "2 rank(s) x 10 images" in out and "validation ELBO per image" in out
+
+
+@pytest.mark.slow
+def test_distributed_demo_relax_under_lightning_and_svi():
+    pytest.importorskip("lightning")
+    for pattern in ("lightning", "svi"):
+        out = _torchrun(
+            "--steps", "2", "--batch-size", "10", "--estimator", "relax", "--pattern", pattern
+        )
+        assert "validation ELBO per image" in out, pattern
