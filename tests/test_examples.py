@@ -100,3 +100,39 @@ def test_distributed_demo_relax_under_lightning_and_svi():
             "--steps", "2", "--batch-size", "10", "--estimator", "relax", "--pattern", pattern
         )
         assert "validation ELBO per image" in out, pattern
+
+
+def test_sharded_numpyro_demo_runs_on_two_host_devices():
+    pytest.importorskip("numpyro")
+    out = run(
+        "examples/sharded_numpyro_vae.py",
+        "--devices",
+        "2",
+        "--steps",
+        "2",
+        "--log-every",
+        "1",
+        "--batch-size",
+        "10",
+        "--shard-perturbations",
+    )
+    assert "over 2 device(s) in 1 process(es)" in out and "validation ELBO per image" in out
+
+
+@pytest.mark.slow
+def test_sharded_numpyro_demo_runs_as_two_processes_over_loopback():
+    pytest.importorskip("numpyro")
+    from distributed.spawn import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "examples/sharded_numpyro_vae.py", "--coordinator", address]
+    command += ["--num-processes", "2", "--steps", "2", "--batch-size", "10"]
+    processes = [
+        subprocess.Popen(
+            [*command, "--process-id", str(index)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for index in range(2)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert "over 2 device(s) in 2 process(es)" in outputs[0], outputs[0]
