@@ -136,3 +136,9 @@ def test_sharded_numpyro_demo_runs_as_two_processes_over_loopback():
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert all(process.returncode == 0 for process in processes), outputs
     assert "over 2 device(s) in 2 process(es)" in outputs[0], outputs[0]
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_quick():
+    out = run("benchmarks/scaling.py", "--steps", "2", "--batch-size", "10")
+    assert "| Pyro DDP (gloo) | 2 |" in out and "| NumPyro sharded | 2 |" in out
