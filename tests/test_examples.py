@@ -63,3 +63,83 @@ def test_wallclock_benchmarks_quick():
 def test_numpyro_benchmarks_quick():
     assert "numpyro_go.TraceGO_ELBO" in run("benchmarks/numpyro_vae_step_time.py", "--quick")
     assert "numpyro_go.TraceGO_ELBO" in run("benchmarks/numpyro_variance_toys.py", "--quick")
+
+
+def test_distributed_demo_runs_as_one_process():
+    out = run(
+        "examples/distributed_discrete_vae.py",
+        "--steps",
+        "4",
+        "--log-every",
+        "2",
+        "--batch-size",
+        "10",
+    )
+    assert "1 rank(s)" in out and "validation ELBO per image" in out
+
+
+def _torchrun(*args: str) -> str:
+    pytest.importorskip("torch.distributed")
+    from distributed.spawn import free_port, require_gloo
+
+    require_gloo()
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node=2")
+    address = ("--master_addr=127.0.0.1", f"--master_port={free_port()}")
+    return run(*launcher, *address, "examples/distributed_discrete_vae.py", *args)
+
+
+def test_distributed_demo_runs_on_two_ranks_with_torchrun():
+    out = _torchrun("--steps", "2", "--log-every", "1", "--batch-size", "10")
+    assert "2 rank(s) x 10 images" in out and "validation ELBO per image" in out
+
+
+@pytest.mark.slow
+def test_distributed_demo_relax_under_lightning_and_svi():
+    pytest.importorskip("lightning")
+    for pattern in ("lightning", "svi"):
+        out = _torchrun(
+            "--steps", "2", "--batch-size", "10", "--estimator", "relax", "--pattern", pattern
+        )
+        assert "validation ELBO per image" in out, pattern
+
+
+def test_sharded_numpyro_demo_runs_on_two_host_devices():
+    pytest.importorskip("numpyro")
+    out = run(
+        "examples/sharded_numpyro_vae.py",
+        "--devices",
+        "2",
+        "--steps",
+        "2",
+        "--log-every",
+        "1",
+        "--batch-size",
+        "10",
+        "--shard-perturbations",
+    )
+    assert "over 2 device(s) in 1 process(es)" in out and "validation ELBO per image" in out
+
+
+@pytest.mark.slow
+def test_sharded_numpyro_demo_runs_as_two_processes_over_loopback():
+    pytest.importorskip("numpyro")
+    from distributed.spawn import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "examples/sharded_numpyro_vae.py", "--coordinator", address]
+    command += ["--num-processes", "2", "--steps", "2", "--batch-size", "10"]
+    processes = [
+        subprocess.Popen(
+            [*command, "--process-id", str(index)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for index in range(2)
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert "over 2 device(s) in 2 process(es)" in outputs[0], outputs[0]
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_quick():
+    out = run("benchmarks/scaling.py", "--steps", "2", "--batch-size", "10")
+    assert "| Pyro DDP (gloo) | 2 |" in out and "| NumPyro sharded | 2 |" in out

@@ -34,6 +34,7 @@ from numpyro.handlers import seed, substitute, trace
 from numpyro_go.distributions.registry import unwrap_distribution
 from numpyro_go.distributions.rules import DiscreteRule
 from numpyro_go.nn import OneCoordinateStack, absorbing, shifted_output
+from numpyro_go.sharding import map_sharded, perturbation_axis
 
 
 def _sum_to_kept(log_prob: jax.Array, kept_dims: frozenset[int], ndim: int) -> jax.Array:
@@ -325,7 +326,10 @@ class PerturbationReplay:
         chunk_size = self.chunk_size
         if chunk_size == "auto":
             chunk_size = max(1, AUTO_CHUNK_ELEMENTS // layout.value.size)
-        if chunk_size is None or chunk_size >= entries.shape[0]:
+        sharded = perturbation_axis()
+        if sharded is not None:
+            f_stack = map_sharded(log_f_at, entries, *sharded, chunk_size)
+        elif chunk_size is None or chunk_size >= entries.shape[0]:
             f_stack = jax.vmap(log_f_at)(entries)
         else:
             f_stack = jax.lax.map(log_f_at, entries, batch_size=chunk_size)

@@ -24,8 +24,17 @@ def _network(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _data_plate(x: torch.Tensor, num_data: int | None) -> pyro.plate:
+    """The plate over the images of ``x``; a subsample scaled by ``num_data / len(x)``
+    when ``num_data`` is given."""
+    if num_data is None:
+        return pyro.plate("data", x.shape[0])
+    return pyro.plate("data", num_data, subsample=torch.arange(x.shape[0], device=x.device))
+
+
 class DiscreteVAE(nn.Module):
-    """Bernoulli-latent VAE with ``model(x)`` and ``guide(x)`` for :class:`pyro.infer.SVI`.
+    """Bernoulli-latent VAE with ``model(x, num_data=None)`` and ``guide(x, num_data=None)``
+    for :class:`pyro.infer.SVI`.
 
     :param latents: number of Bernoulli latents (200 in the paper).
     :param pixels: data dimension (784 for 28x28 images).
@@ -39,14 +48,14 @@ class DiscreteVAE(nn.Module):
         self.decoder = _network([latents, *reversed(hidden), pixels])
         self.prior_logits = nn.Parameter(torch.zeros(latents))
 
-    def model(self, x: torch.Tensor) -> None:
+    def model(self, x: torch.Tensor, num_data: int | None = None) -> None:
         pyro.module("vae", self)
-        with pyro.plate("data", x.shape[0]):
+        with _data_plate(x, num_data):
             prior = dist.Bernoulli(logits=self.prior_logits).expand([self.latents])
             z = pyro.sample("z", prior.to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
 
-    def guide(self, x: torch.Tensor) -> None:
+    def guide(self, x: torch.Tensor, num_data: int | None = None) -> None:
         pyro.module("vae", self)
-        with pyro.plate("data", x.shape[0]):
+        with _data_plate(x, num_data):
             pyro.sample("z", dist.Bernoulli(logits=self.encoder(x)).to_event(1))

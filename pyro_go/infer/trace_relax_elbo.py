@@ -211,13 +211,14 @@ class TraceRELAX_ELBO(ELBO):
         """
         :returns: a surrogate loss whose value is the negative ELBO estimate and whose
             gradient is the RELAX estimate for the model and guide parameters and
-            ``∂/∂ψ Σ ĝ²`` for the control-variate parameters (unless
-            ``control_variate_optim`` steps those); call ``.backward()`` on it.
+            ``∂/∂ψ Σ ĝ²`` for the control-variate parameters; call ``.backward()`` on
+            it.  With ``control_variate_optim`` that optimizer steps the control-variate
+            parameters here instead, as in :meth:`loss_and_grads` (so a loss used in a
+            ``torch.optim`` or DDP training step trains them too).
         :rtype: torch.Tensor
         """
         surrogate_loss, variance_grads = self._estimate(model, guide, args, kwargs)
-        if self.control_variate_optim is None:
-            surrogate_loss = surrogate_loss + _gradient_only(variance_grads)
+        surrogate_loss = self._train_control_variate(surrogate_loss, variance_grads)
         warn_if_nan(surrogate_loss, "loss")
         return surrogate_loss
 
@@ -229,19 +230,25 @@ class TraceRELAX_ELBO(ELBO):
         :rtype: float
         """
         surrogate_loss, variance_grads = self._estimate(model, guide, args, kwargs)
-        if self.control_variate_optim is None:
-            surrogate_loss = surrogate_loss + _gradient_only(variance_grads)
-        elif variance_grads:
-            for param, grad in variance_grads.items():
-                param.grad = grad
-            self.control_variate_optim(list(variance_grads))
-            for param in variance_grads:
-                param.grad = None
+        surrogate_loss = self._train_control_variate(surrogate_loss, variance_grads)
         if torch.is_tensor(surrogate_loss) and surrogate_loss.requires_grad:
             surrogate_loss.backward(retain_graph=self.retain_graph)
         loss = torch_item(surrogate_loss)
         warn_if_nan(loss, "loss")
         return loss
+
+    def _train_control_variate(self, surrogate_loss, variance_grads: dict):
+        """Adds the variance gradient to the surrogate loss, or steps
+        ``control_variate_optim`` with it."""
+        if self.control_variate_optim is None:
+            return surrogate_loss + _gradient_only(variance_grads)
+        if variance_grads:
+            for param, grad in variance_grads.items():
+                param.grad = grad
+            self.control_variate_optim(list(variance_grads))
+            for param in variance_grads:
+                param.grad = None
+        return surrogate_loss
 
     # ------------------------------------------------------------------ estimator
 
