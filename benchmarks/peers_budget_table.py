@@ -266,8 +266,15 @@ def run_row(name: str, args, data, hidden) -> tuple[Curve, dict[str, float]]:
     }
     fixed = dynamic_binarize(data["x_valid"][: args.batch_size], np.random.default_rng(7))
     final["variance"] = gradient_variance(encoder_gradient, fixed)
-    print(f"{name}: {final}", flush=True)
+    print(table_row(args.seed, curve, final), flush=True)
     return curve, final
+
+
+def table_row(seed: int, curve: Curve, final: dict[str, float]) -> str:
+    return (
+        f"| {curve.name} | {seed} | {curve.ms_per_step:.1f} | {curve.steps[-1]} | "
+        f"{final['valid']:.1f} | {final['test']:.1f} | {final['variance']:.3g} |"
+    )
 
 
 def main() -> None:
@@ -317,11 +324,7 @@ def main() -> None:
         "| encoder grad variance |",
         "|---|---|---|---|---|---|---|",
     ]
-    for seed, curve, final in results:
-        lines.append(
-            f"| {curve.name} | {seed} | {curve.ms_per_step:.1f} | {curve.steps[-1]} | "
-            f"{final['valid']:.1f} | {final['test']:.1f} | {final['variance']:.3g} |"
-        )
+    lines += [table_row(seed, curve, final) for seed, curve, final in results]
     print("\n".join(lines))
     if not args.quick:
         stem = f"peers_budget_{args.protocol}" + (f"_{args.tag}" if args.tag else "")
