@@ -5,6 +5,7 @@ execution off): they are copied into ``docs/tutorials/`` (generated, not committ
 each build, so the repository keeps one copy of each.
 """
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -76,6 +77,25 @@ def _reread_index(app, env, added, changed, removed) -> list[str]:
     return ["index"]  # an optional page may have appeared or gone since the last build
 
 
+_REFERENCE = re.compile(r"^\[\d+\] ")
+
+
+def _join_references(app, what, name, obj, options, lines: list[str]) -> None:
+    """Docstrings list references as ``[1] Authors (year). *Title
+    continued.* Venue`` with a hanging indent, which reStructuredText reads as a
+    definition list whose term ends mid-title. Un-indenting the continuation lines makes
+    each reference one paragraph."""
+    in_reference = False
+    for i, line in enumerate(lines):
+        if _REFERENCE.match(line):
+            in_reference = True
+        elif in_reference and line.startswith(" ") and line.strip():
+            lines[i] = line.strip()
+        else:
+            in_reference = False
+
+
 def setup(app) -> None:
+    app.connect("autodoc-process-docstring", _join_references)
     app.connect("source-read", _list_optional_pages)
     app.connect("env-get-outdated", _reread_index)
