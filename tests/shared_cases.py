@@ -8,7 +8,7 @@ and exact gradients from these, so both backends are held to the same problems.
 # z ~ Bern(σ(prior_logits)), x ~ N(tanh(Σ z·weights), scale), q(z) = Bern(σ(logits)).
 BERNOULLI = {
     "weights": [1.0, -2.0, 0.5, 1.5],
-    "obs": 3.0,
+    "obs": 0.7,
     "scale": 0.5,
     "prior_logits": [0.2, -0.4, 0.1, 0.3],
     "logits": [0.3, -0.2, 0.8, -1.0],
@@ -19,7 +19,7 @@ BERNOULLI = {
 CATEGORICAL = {
     "prior": [0.1, 0.2, 0.3, 0.4],
     "table": [[0.0, 1.0, -1.0, 2.0], [0.5, -0.5, 1.5, 0.0]],
-    "obs": 3.0,
+    "obs": 1.0,
     "logits": [[0.1, -0.3, 0.2, 0.0], [0.4, 0.0, -0.2, 0.1]],
 }
 
