@@ -242,8 +242,8 @@ def shifted_bernoulli_log_prob(fn, value: jax.Array) -> jax.Array | None:
 
 #: ``chunk_size="auto"``: perturbed-value elements evaluated at once.  XLA fuses each
 #: evaluation batch's flipped likelihood into loops over ``[chunk, *batch, out]``; kept
-#: near cache size they ran 5x faster on the linear VAE at batch 100 (one core: 7.8 ms
-#: per step against 42 ms for one ``vmap`` over all 201 evaluations) and 1.4x at batch 24.
+#: near cache size they run several times faster than one ``vmap`` over every
+#: evaluation (measured in ``benchmarks/numpyro_vae_step_time.py``).
 AUTO_CHUNK_ELEMENTS = 2**15
 
 

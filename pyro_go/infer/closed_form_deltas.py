@@ -16,9 +16,7 @@ coordinates and all slices come out at once as ``[*batch, K]``, which is ``Δ``'
 layout.  The general path (:class:`~pyro_go.infer.perturbation.PerturbationReplay`)
 evaluates ``f`` over a stack of ``K + 1`` entries, subtracts the base entry and spreads
 the differences over the elements, which is the same numbers in about ten times as many
-small tensor operations.  For the discrete VAE at batch 24 on one CPU core (in-process,
-alternating with the stack) this saved 0.7–1.0 ms of a 9–10 ms step with the eager
-reduction and 0.2–0.3 ms of a 7.6 ms step with the compiled one.
+small tensor operations (``benchmarks/vae_step_time.py`` measures the difference).
 
 Only terms whose layout is that simple take this path: binary sites whose flips change
 one coordinate of the last dim (every other dim a plate in which every term lies),

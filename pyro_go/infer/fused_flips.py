@@ -4,12 +4,10 @@
 time in ``Σ_p log(1 + s_p·t_{j,p})`` over every entry ``j`` and slice: for the discrete
 VAE at batch 24 that is 3.8 M factors, which eager PyTorch takes in five passes per
 cache-sized block (gather, multiply-add, product, log, sum).  Compiled, the gather and
-the multiply-add fuse into the product, so each factor is read once (1.6 → 0.6 ms on
-one CPU core at batch 24, 6.3 → 2.5 ms at batch 100, the reduction alone), and the
+the multiply-add fuse into the product, so each factor is read once, and the
 products run down rows a whole number of SIMD vectors wide, which leaves the loop no
 ragged tail and takes one ``log`` per 49 factors at ``P = 784``
-(:func:`~pyro_go.infer.linear_absorption.aligned_row_width`; with the tables and
-``x·W``: 0.91–0.95 → 0.56 ms on an AMD EPYC core).  ``x·W[:, i_j]`` and the difference
+(:func:`~pyro_go.infer.linear_absorption.aligned_row_width`).  ``x·W[:, i_j]`` and the difference
 around the reduction go into the same graph.
 
 Compiling costs a few seconds on the first call of a process (a C++ compiler is

@@ -148,8 +148,8 @@ class TraceGO_ELBO(ELBO):
         eager passes (default ``False``).  A shape compiles on its second step: that
         step takes a few seconds longer in a new process (about one more per new batch
         size).  On CPU a C++ compiler is needed; without one a warning is given and the
-        eager reduction is used.  Same values; the discrete VAE's step on one CPU core
-        went from 7.8 to 6.7 ms at batch 24 and from 16.0 to 11.8 ms at batch 100.
+        eager reduction is used.  Same values, fewer passes over memory
+        (``benchmarks/vae_step_time.py`` measures both).
 
     **References**
 
